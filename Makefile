@@ -1,0 +1,37 @@
+# Vigil developer tasks. `make run` starts the whole stack locally; `make help` lists targets.
+
+PYTHON ?= python3
+VENV := .venv
+
+.PHONY: help install run test lint clean distclean
+
+help:
+	@echo "Targets:"
+	@echo "  install    create $(VENV) and install requirements.txt (redone when it changes)"
+	@echo "  run        start Redis (if none answers), API, worker, beat and Flower; Ctrl-C stops all"
+	@echo "  test       run the test suite"
+	@echo "  lint       ruff check"
+	@echo "  clean      remove .vigil/ and caches (keeps $(VENV))"
+	@echo "  distclean  clean, and remove $(VENV)"
+
+# The stamp makes `install` a no-op until requirements.txt changes.
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --upgrade pip -q && $(VENV)/bin/pip install -r requirements.txt -q && touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/python scripts/run.py
+
+test: install
+	$(VENV)/bin/python -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf .vigil .pytest_cache .ruff_cache
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,64 @@
+"""The HTTP API: parse, validate, authorise, store, enqueue, answer. No statistics here."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import drf_spectacular_sidecar
+import redis
+from flask import Blueprint, Flask
+from flask_smorest import Blueprint as ApiBlueprint
+
+from api.errors import ProblemApi, register_outage_handlers
+from api.parsing import VigilParser
+from api.services import Services
+from core.config import Settings
+from tasks import create_celery
+
+# Swagger UI and Redoc ship inside a package so /docs works without internet.
+ASSETS = Path(drf_spectacular_sidecar.__file__).parent / "static" / "drf_spectacular_sidecar"
+ApiBlueprint.ARGUMENTS_PARSER = VigilParser()
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    logging.basicConfig(level=logging.INFO)
+    app = Flask(__name__, static_folder=None)
+    app.config.update(
+        API_TITLE="Vigil",
+        API_VERSION="v1",
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="/assets/swagger-ui/",
+        OPENAPI_REDOC_PATH="redoc",
+        OPENAPI_REDOC_URL="/assets/redoc/redoc.standalone.js",
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False
+    app.extensions["vigil"] = Services(
+        settings=settings,
+        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                   socket_connect_timeout=2, health_check_interval=30),
+        celery=create_celery(settings),
+    )
+    api = ProblemApi(app, spec_kwargs={"info": {"description": (
+        "Send events; get a verdict per event from statistical and learned checks. "
+        "Authenticate with `Authorization: Bearer <key>`.")}})
+    api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
+    register_outage_handlers(app, api)
+
+    for name, folder in (("swagger_ui", ASSETS / "swagger-ui-dist"),
+                         ("redoc", ASSETS / "redoc" / "bundles")):
+        assets = Blueprint(name, __name__, static_folder=str(folder),
+                           static_url_path=f"/assets/{name.replace('_', '-')}")
+        app.register_blueprint(assets)
+
+    from api import event_types, health, jobs
+
+    for module in (jobs, event_types, health):
+        api.register_blueprint(module.blp)
+    return app

@@ -1,0 +1,54 @@
+"""Every error as application/problem+json, including 404s, 405s, 413s and crashes."""
+
+from __future__ import annotations
+
+import logging
+
+import flask
+import kombu.exceptions
+import redis
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+DETAILS = {
+    401: "Send an API key: Authorization: Bearer <key>.",
+    404: "Nothing here: check the URL (the API lives under /v1; see /docs).",
+    405: "This path does not take that method; see /docs.",
+    422: "Some fields are invalid; `errors` says what is wrong with each.",
+    413: "The request body is larger than this server accepts (VIGIL_MAX_BODY_BYTES).",
+    500: "Internal error; it has been logged.",
+}
+
+
+class ProblemApi(Api):
+    """flask-smorest's Api with RFC 9457 problem documents for errors."""
+
+    def handle_http_exception(self, error: HTTPException):
+        payload, code, headers = super().handle_http_exception(error)
+        if code >= 500:
+            log.error("request failed", exc_info=getattr(error, "original_exception", None))
+        problem = {"type": "about:blank", "title": payload["status"], "status": code,
+                   "detail": payload.get("message") or DETAILS.get(code) or error.description}
+        if "errors" in payload:
+            problem["errors"] = payload["errors"]
+        response = flask.jsonify(problem)
+        response.status_code = code
+        response.headers.update(headers or {})
+        response.mimetype = "application/problem+json"
+        return response
+
+
+def register_outage_handlers(app: flask.Flask, api: ProblemApi) -> None:
+    """Redis or the broker unreachable: 503 with Retry-After, not a 500."""
+
+    def unavailable(exc: Exception):
+        log.warning("backing store unavailable: %s", type(exc).__name__)
+        error = ServiceUnavailable()
+        error.data = {"message": "Vigil's store is unreachable right now; nothing was accepted. "
+                                 "Retry shortly.", "headers": {"Retry-After": "5"}}
+        return api.handle_http_exception(error)
+
+    app.register_error_handler(redis.RedisError, unavailable)
+    app.register_error_handler(kombu.exceptions.OperationalError, unavailable)

@@ -1,0 +1,90 @@
+"""Event types: their baselines, history import and anomaly models."""
+
+from __future__ import annotations
+
+import flask
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from api.auth import require_tenant
+from api.jobs import CSV_BODY, submit
+from api.schemas import (
+    EVENT_TYPE,
+    EVENT_TYPE_RULE,
+    BaselineSchema,
+    EventTypeListSchema,
+    HistorySubmitSchema,
+    JobAcceptedSchema,
+    ModelSchema,
+)
+from api.services import services
+from tasks import store
+
+blp = Blueprint("event_types", __name__, url_prefix="/v1/event-types",
+                description="Baselines, history and anomaly models per event type.")
+blp.before_request(require_tenant)
+
+
+def checked_type(event_type: str) -> str:
+    if not EVENT_TYPE.fullmatch(event_type):
+        abort(422, message="Invalid event type", errors={"path": {"event_type": [
+            f"event_type must be {EVENT_TYPE_RULE}."]}})
+    return event_type
+
+
+@blp.route("")
+class EventTypes(MethodView):
+    @blp.response(200, EventTypeListSchema)
+    def get(self):
+        """Known event types with the number of events in their history"""
+        r, tenant = services().redis, flask.g.tenant
+        counts = store.event_type_counts(r, tenant)
+        return {"event_types": [
+            {"event_type": name, "events": count,
+             "model_version": store.model_version(r, tenant, name)}
+            for name, count in sorted(counts.items())]}
+
+
+@blp.route("/<event_type>/baseline")
+class Baseline(MethodView):
+    @blp.response(200, BaselineSchema)
+    def get(self, event_type: str):
+        """Per-field count, mean and standard deviation of the accepted history"""
+        svc = services()
+        moments = store.load_baseline(svc.redis, flask.g.tenant, checked_type(event_type))
+        if not moments:
+            abort(404, message=f"No history for event type {event_type!r} yet.")
+        return {"event_type": event_type, "min_history": svc.settings.min_history,
+                "fields_": [{"field": name, "count": m.n, "mean": m.mean, "std": m.std,
+                             "checked": m.n >= svc.settings.min_history}
+                            for name, m in sorted(moments.items())]}
+
+
+@blp.route("/<event_type>/history")
+class History(MethodView):
+    @blp.arguments(HistorySubmitSchema)
+    @blp.doc(requestBody=CSV_BODY)
+    @blp.response(202, JobAcceptedSchema)
+    def post(self, body: dict, event_type: str):
+        """Import history (JSON or CSV with `timestamp` plus field columns), then train
+
+        The events are not validated: they seed the baselines and the model's training data.
+        """
+        return submit("history", body["events"], event_type=checked_type(event_type))
+
+
+@blp.route("/<event_type>/model")
+class Model(MethodView):
+    @blp.response(200, ModelSchema)
+    def get(self, event_type: str):
+        """The current anomaly model: version, when trained, on how many rows, features"""
+        meta = store.model_meta(services().redis, flask.g.tenant, checked_type(event_type))
+        if meta is None:
+            abort(404, message=f"No anomaly model for {event_type!r} yet; import history or "
+                               "POST to this URL to train one.")
+        return meta
+
+    @blp.response(202, JobAcceptedSchema)
+    def post(self, event_type: str):
+        """Train the anomaly model now from the stored history"""
+        return submit("train", [], event_type=checked_type(event_type))

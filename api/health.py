@@ -1,0 +1,53 @@
+"""Liveness, readiness and metrics: no auth, so orchestrators and Prometheus can reach them."""
+
+from __future__ import annotations
+
+import flask
+import redis
+from flask.views import MethodView
+from flask_smorest import Blueprint
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.services import services
+
+blp = Blueprint("health", __name__, description="Health and metrics.")
+
+
+@blp.route("/healthz")
+class Healthz(MethodView):
+    @blp.response(200)
+    def get(self):
+        """The API process is up"""
+        return {"status": "ok"}
+
+
+@blp.route("/readyz")
+class Readyz(MethodView):
+    @blp.response(200)
+    @blp.alt_response(503, description="Redis or every worker is unreachable")
+    def get(self):
+        """Ready when Redis answers and at least one worker answers a ping"""
+        svc = services()
+        checks = {}
+        try:
+            checks["redis"] = bool(svc.redis.ping())
+        except redis.RedisError as exc:
+            checks["redis"] = False
+            checks["redis_error"] = type(exc).__name__
+        workers = []
+        if checks["redis"]:
+            try:
+                workers = svc.celery.control.ping(timeout=1.0) or []
+            except Exception as exc:  # the broker may fail in many ways; readiness says so
+                checks["workers_error"] = type(exc).__name__
+        checks["workers"] = len(workers)
+        ready = checks["redis"] and checks["workers"] > 0
+        return {"status": "ready" if ready else "unready", **checks}, 200 if ready else 503
+
+
+@blp.route("/metrics")
+class Metrics(MethodView):
+    @blp.response(200, {"type": "string"}, content_type=CONTENT_TYPE_LATEST)
+    def get(self):
+        """Prometheus metrics"""
+        return flask.Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)

@@ -1,0 +1,139 @@
+"""Submit events, poll jobs, fetch results, cancel."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import flask
+import pandas as pd
+from flask.views import MethodView
+from flask_smorest import Blueprint, abort
+
+from api.auth import require_tenant
+from api.schemas import (
+    EventSchema,
+    JobAcceptedSchema,
+    JobListSchema,
+    JobSchema,
+    JobSubmitSchema,
+)
+from api.services import services
+from tasks import store
+from tasks.documents import job_document
+
+blp = Blueprint("jobs", __name__, url_prefix="/v1",
+                description="Submit events for validation and read the verdicts.")
+blp.before_request(require_tenant)
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
+                 "train": "vigil.train_job"}
+CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
+            "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
+
+
+def submit(kind: str, events: list[dict], *, event_type: str | None = None,
+           callback_url: str | None = None):
+    """Store a job, enqueue its task and answer 202 with where to poll."""
+    svc, tenant = services(), flask.g.tenant
+    if len(events) > svc.settings.max_events_per_job:
+        abort(422, message="Too many events", errors={"json": {"events": [
+            f"At most {svc.settings.max_events_per_job} events per job; got {len(events)}. "
+            "Split the submission."]}})
+    job_id = store.create_job(svc.redis, svc.settings, tenant, kind=kind, events=events,
+                              event_type=event_type, callback_url=callback_url)
+    svc.enqueue(TASK_FOR_KIND[kind], tenant, job_id)
+    status_url = flask.url_for("jobs.Job", job_id=job_id)
+    return ({"job_id": job_id, "status": store.QUEUED, "status_url": status_url}, 202,
+            {"Location": status_url})
+
+
+def load_job(job_id: str) -> dict:
+    """The caller's job, or 404: another tenant's job id is as unknown as a made-up one."""
+    job = store.get_job(services().redis, flask.g.tenant, job_id) if JOB_ID.fullmatch(job_id) \
+        else None
+    if job is None:
+        abort(404, message=f"No job {job_id!r} (jobs expire after VIGIL_JOB_TTL seconds).")
+    return job
+
+
+@blp.route("/events/validate")
+class ValidateEvent(MethodView):
+    @blp.arguments(EventSchema)
+    @blp.response(202, JobAcceptedSchema)
+    def post(self, event: dict):
+        """Validate one event
+
+        Answers at once with a job to poll; the checks run in a worker.
+        """
+        return submit("validate", [event])
+
+
+@blp.route("/jobs")
+class Jobs(MethodView):
+    @blp.response(200, JobListSchema)
+    def get(self):
+        """The latest jobs (without their results)"""
+        svc = services()
+        jobs = [store.get_job(svc.redis, flask.g.tenant, job_id)
+                for job_id in store.recent_job_ids(svc.redis, flask.g.tenant)]
+        return {"jobs": [job_document(job, None) for job in jobs if job]}
+
+    @blp.arguments(JobSubmitSchema)
+    @blp.doc(requestBody=CSV_BODY)
+    @blp.response(202, JobAcceptedSchema)
+    def post(self, body: dict):
+        """Validate a batch of events (JSON, or CSV with ?callback_url=)
+
+        CSV columns: `event_type`, `timestamp`, optional `event_id`, then payload fields.
+        """
+        return submit("validate", body["events"], callback_url=body.get("callback_url"))
+
+
+@blp.route("/jobs/<job_id>")
+class Job(MethodView):
+    @blp.response(200, JobSchema)
+    def get(self, job_id: str):
+        """A job: status, progress, summary and, once finished, one result per event"""
+        job = load_job(job_id)
+        if job["status"] in store.FINISHED:
+            return job_document(job, store.get_results(services().redis, flask.g.tenant, job_id))
+        # Poll again in about a second; large jobs report progress meanwhile.
+        return job_document(job, None), 200, {"Retry-After": "1"}
+
+    @blp.response(200, JobSchema)
+    def delete(self, job_id: str):
+        """Cancel a job that has not finished"""
+        load_job(job_id)
+        status = store.cancel_job(services().redis, flask.g.tenant, job_id)
+        if status != store.CANCELLED:
+            abort(409, message=f"The job has already {status}; only unfinished jobs cancel.")
+        return job_document(load_job(job_id), None)
+
+
+@blp.route("/jobs/<job_id>/results.csv")
+class JobResultsCsv(MethodView):
+    @blp.response(200, {"type": "string"}, content_type="text/csv")
+    def get(self, job_id: str):
+        """The results as CSV: one row per event, warnings as JSON in a column"""
+        job = load_job(job_id)
+        results = store.get_results(services().redis, flask.g.tenant, job_id)
+        if results is None:
+            abort(409, message=f"The job is {job['status']}; results exist once it succeeded.")
+        frame = pd.DataFrame({
+            "index": [r["index"] for r in results],
+            "event_id": [r.get("event_id") for r in results],
+            "event_type": [r["event_type"] for r in results],
+            "timestamp": [r["timestamp"] for r in results],
+            "valid": [r["valid"] for r in results],
+            "anomaly_score": [r["anomaly_score"] for r in results],
+            "warning_codes": [";".join(w["code"] for w in r["warnings"]) for r in results],
+            "warnings": [json.dumps(r["warnings"]) if r["warnings"] else "" for r in results],
+            "processed_at": [r["processed_at"] for r in results],
+        })
+        out = io.StringIO()
+        frame.to_csv(out, index=False)
+        return flask.Response(out.getvalue(), mimetype="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="{job_id}.csv"'})

@@ -1,0 +1,239 @@
+"""Marshmallow schemas: what clients send and what they get back."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+# \Z, not $: validate.Regexp uses match(), and $ would let a trailing newline through.
+EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
+EVENT_TYPE_RULE = "1-100 characters: letters, digits, '_', '.', ':' or '-'"
+# Payload limits: generous for real events, small enough that one event cannot tie up a worker.
+MAX_DEPTH = 8
+MAX_LEAVES = 500
+MAX_KEY_LENGTH = 200
+MAX_STRING_LENGTH = 10_000
+# Timestamps outside [1970, 2200) are almost certainly milliseconds sent as seconds.
+MAX_EPOCH_S = 7_258_118_400
+
+
+class Timestamp(fields.Field):
+    """Epoch seconds (number) or an ISO-8601 string; loaded as epoch seconds (float, UTC)."""
+
+    default_error_messages = {
+        "invalid": "Not a timestamp: send epoch seconds or an ISO-8601 string such as "
+                   "2026-11-23T12:00:00Z.",
+        "range": "Timestamp out of range: epoch seconds must be between 0 and "
+                 f"{MAX_EPOCH_S} (milliseconds sent as seconds?).",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Mapping | None, **kwargs) -> float:
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                epoch = float(text)
+            except ValueError:
+                try:
+                    parsed = datetime.fromisoformat(text)
+                except ValueError as exc:
+                    raise self.make_error("invalid") from exc
+                if parsed.tzinfo is None:
+                    parsed = parsed.replace(tzinfo=UTC)
+                epoch = parsed.timestamp()
+        elif isinstance(value, int | float):
+            epoch = float(value)
+        else:
+            raise self.make_error("invalid")
+        if not (math.isfinite(epoch) and 0 <= epoch < MAX_EPOCH_S):
+            raise self.make_error("range")
+        return epoch
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs) -> Any:
+        return value
+
+
+def check_payload(payload: Mapping) -> None:
+    """Depth, size, key and string limits; raises ValidationError naming the first breach."""
+    leaves = 0
+    stack: list[tuple[Any, int, str]] = [(payload, 1, "")]
+    while stack:
+        node, depth, path = stack.pop()
+        if isinstance(node, Mapping):
+            if depth > MAX_DEPTH:
+                raise ma.ValidationError(f"{path} nests deeper than {MAX_DEPTH} levels.")
+            for key, value in node.items():
+                if not key or len(key) > MAX_KEY_LENGTH:
+                    raise ma.ValidationError(
+                        f"Keys must be 1-{MAX_KEY_LENGTH} characters (under {path or 'payload'}).")
+                stack.append((value, depth + 1, f"{path}.{key}" if path else key))
+        elif isinstance(node, list):
+            if depth > MAX_DEPTH:
+                raise ma.ValidationError(f"{path} nests deeper than {MAX_DEPTH} levels.")
+            stack.extend((item, depth + 1, f"{path}[{i}]") for i, item in enumerate(node))
+        else:
+            leaves += 1
+            if leaves > MAX_LEAVES:
+                raise ma.ValidationError(f"More than {MAX_LEAVES} values in one payload.")
+            if isinstance(node, str) and len(node) > MAX_STRING_LENGTH:
+                raise ma.ValidationError(f"{path} is longer than {MAX_STRING_LENGTH} characters.")
+
+
+class Payload(fields.Dict):
+    def __init__(self, **kwargs):
+        super().__init__(keys=fields.String(), validate=check_payload, **kwargs)
+
+
+class HistoryEventSchema(ma.Schema):
+    timestamp = Timestamp(required=True, metadata={"example": "2026-11-23T12:00:00Z"})
+    payload = Payload(required=True, metadata={"example": {"amount": 42.5, "items": 3}})
+
+
+class EventSchema(HistoryEventSchema):
+    event_type = fields.String(required=True, validate=validate.Regexp(EVENT_TYPE,
+                               error=f"event_type must be {EVENT_TYPE_RULE}."),
+                               metadata={"example": "checkout"})
+    event_id = fields.String(validate=validate.Length(1, 200),
+                             metadata={"description": "Your own id, echoed in the result"})
+
+
+def _csv_events(rows: list[dict], fixed: tuple[str, ...]) -> list[dict]:
+    """CSV rows -> events: the fixed columns stay, every other column goes into the payload."""
+    return [{**{k: row[k] for k in fixed if k in row},
+             "payload": {k: v for k, v in row.items() if k not in fixed}} for row in rows]
+
+
+class JobSubmitSchema(ma.Schema):
+    events = fields.List(fields.Nested(EventSchema), required=True,
+                         validate=validate.Length(min=1, error="Send at least one event."))
+    callback_url = fields.Url(schemes={"http", "https"}, require_tld=False,
+                              validate=validate.Length(max=2000),
+                              metadata={"description": "POSTed the finished job, signed"})
+
+    csv_columns = ("event_type", "timestamp")
+
+    @classmethod
+    def from_csv(cls, rows: list[dict], query: Mapping[str, str]) -> dict:
+        body: dict[str, Any] = {"events": _csv_events(rows, ("event_type", "timestamp",
+                                                             "event_id"))}
+        if query.get("callback_url"):
+            body["callback_url"] = query["callback_url"]
+        return body
+
+
+class HistorySubmitSchema(ma.Schema):
+    events = fields.List(fields.Nested(HistoryEventSchema), required=True,
+                         validate=validate.Length(min=1, error="Send at least one event."))
+
+    csv_columns = ("timestamp",)
+
+    @classmethod
+    def from_csv(cls, rows: list[dict], query: Mapping[str, str]) -> dict:
+        return {"events": _csv_events(rows, ("timestamp",))}
+
+
+class JobAcceptedSchema(ma.Schema):
+    job_id = fields.String()
+    status = fields.String()
+    status_url = fields.String()
+
+
+class WarningSchema(ma.Schema):
+    code = fields.String(metadata={"description": "out_of_range or anomaly"})
+    field = fields.String(allow_none=True)
+    message = fields.String()
+    value = fields.Float()
+    mean = fields.Float()
+    std = fields.Float()
+    z = fields.Float(allow_none=True)
+    expected_range = fields.List(fields.Float())
+    score = fields.Float()
+    threshold = fields.Float()
+    model_version = fields.Integer()
+    contributors = fields.List(fields.Dict())
+
+
+class NoteSchema(ma.Schema):
+    code = fields.String(metadata={"description": "insufficient_history or no_model"})
+    field = fields.String()
+    message = fields.String()
+    count = fields.Integer()
+    needed = fields.Integer()
+
+
+class ResultSchema(ma.Schema):
+    index = fields.Integer()
+    event_id = fields.String(allow_none=True)
+    event_type = fields.String()
+    timestamp = fields.Float()
+    valid = fields.Boolean()
+    processed_at = fields.String()
+    warnings = fields.List(fields.Nested(WarningSchema))
+    notes = fields.List(fields.Nested(NoteSchema))
+    anomaly_score = fields.Float(allow_none=True)
+    model_version = fields.Integer(allow_none=True)
+
+
+class ProgressSchema(ma.Schema):
+    done = fields.Integer()
+    total = fields.Integer()
+
+
+class JobSchema(ma.Schema):
+    job_id = fields.String()
+    kind = fields.String(metadata={"description": "validate, history or train"})
+    status = fields.String(metadata={"description": "queued, running, succeeded, failed, cancelled"})
+    event_type = fields.String(allow_none=True)
+    progress = fields.Nested(ProgressSchema)
+    created_at = fields.String()
+    started_at = fields.String(allow_none=True)
+    finished_at = fields.String(allow_none=True)
+    summary = fields.Dict(allow_none=True)
+    error = fields.String(allow_none=True)
+    callback_url = fields.String(allow_none=True)
+    webhook = fields.Dict(allow_none=True)
+    results = fields.List(fields.Nested(ResultSchema))
+
+
+class JobListSchema(ma.Schema):
+    jobs = fields.List(fields.Nested(JobSchema))
+
+
+class EventTypeSchema(ma.Schema):
+    event_type = fields.String()
+    events = fields.Integer(metadata={"description": "events accepted into its history"})
+    model_version = fields.Integer(allow_none=True)
+
+
+class EventTypeListSchema(ma.Schema):
+    event_types = fields.List(fields.Nested(EventTypeSchema))
+
+
+class FieldBaselineSchema(ma.Schema):
+    field = fields.String()
+    count = fields.Integer()
+    mean = fields.Float()
+    std = fields.Float()
+    checked = fields.Boolean(metadata={"description": "enough history to be checked"})
+
+
+class BaselineSchema(ma.Schema):
+    event_type = fields.String()
+    min_history = fields.Integer()
+    fields_ = fields.List(fields.Nested(FieldBaselineSchema), data_key="fields")
+
+
+class ModelSchema(ma.Schema):
+    version = fields.Integer()
+    trained_at = fields.Float()
+    rows = fields.Integer()
+    features = fields.List(fields.String())
+    contamination = fields.Float()
+    threshold = fields.Float()

@@ -1,0 +1,1 @@
+"""Configuration and names shared by the API and the workers."""

@@ -1,0 +1,167 @@
+"""One configuration, read once from the environment and shared by Flask and Celery."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEV_API_KEY = "vigil-dev-key"
+DEV_TENANT = "dev"
+# base64("vigil-development-webhook-secret"), in the whsec_ form Standard Webhooks uses.
+DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
+
+
+TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+class ConfigError(ValueError):
+    """The environment describes a configuration Vigil refuses to run with."""
+
+
+def _parse_api_keys(raw: str) -> dict[str, str]:
+    """``"tenant:key,tenant2:key2"`` -> {sha256(key): tenant}.
+
+    Keys are kept only as digests so a lookup compares digests, never raw secrets.
+    """
+    tenants: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        tenant, sep, key = item.partition(":")
+        if not sep or not tenant.strip() or not key.strip():
+            raise ConfigError(f"VIGIL_API_KEYS entry {item.split(':')[0]!r}... is not 'tenant:key'")
+        tenant = tenant.strip()
+        if not TENANT_NAME.fullmatch(tenant):
+            # Tenant names are part of Redis key names (core.keys): no ':' or spaces.
+            raise ConfigError(f"VIGIL_API_KEYS tenant {tenant!r} must match {TENANT_NAME.pattern}")
+        tenants[key_digest(key.strip())] = tenant
+    return tenants
+
+
+def key_digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    env: str = "development"
+    # {sha256(api key): tenant}
+    api_keys: Mapping[str, str] = field(default_factory=lambda: {key_digest(DEV_API_KEY): DEV_TENANT})
+    webhook_secret: str = DEV_WEBHOOK_SECRET
+    z_threshold: float = 3.0
+    min_history: int = 30
+    model_min_rows: int = 50
+    history_max_rows: int = 10_000
+    anomaly_contamination: float = 0.005
+    retrain_min_new_rows: int = 500
+    retrain_interval_s: float = 60.0
+    job_ttl_s: int = 24 * 3600
+    max_events_per_job: int = 10_000
+    max_body_bytes: int = 10 * 1024 * 1024
+    webhook_max_attempts: int = 8
+    webhook_timeout_s: float = 10.0
+    # Celery's exponential backoff factor for webhook retries (seconds), capped below the
+    # visibility timeout so a retry countdown never outlives it (Celery/Redis runs it twice).
+    webhook_backoff_s: float = 5.0
+    # Celery/Redis: a task not acknowledged within this time is redelivered.
+    visibility_timeout_s: int = 3600
+
+    @property
+    def using_dev_key(self) -> bool:
+        return key_digest(DEV_API_KEY) in self.api_keys
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str, default, cast=str):
+            raw = env.get(name)
+            if raw is None or raw.strip() == "":
+                return default
+            try:
+                return cast(raw.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{name}={raw!r} is not a valid {cast.__name__}") from exc
+
+        mode = get("VIGIL_ENV", defaults.env)
+        if mode not in ("development", "production"):
+            raise ConfigError("VIGIL_ENV must be 'development' or 'production'")
+        keys_raw = env.get("VIGIL_API_KEYS", "")
+        api_keys = _parse_api_keys(keys_raw) if keys_raw.strip() else dict(defaults.api_keys)
+        secret = get("VIGIL_WEBHOOK_SECRET", defaults.webhook_secret)
+        settings = cls(
+            redis_url=get("REDIS_URL", defaults.redis_url),
+            env=mode,
+            api_keys=api_keys,
+            webhook_secret=secret,
+            z_threshold=get("VIGIL_Z_THRESHOLD", defaults.z_threshold, float),
+            min_history=get("VIGIL_MIN_HISTORY", defaults.min_history, int),
+            model_min_rows=get("VIGIL_MODEL_MIN_ROWS", defaults.model_min_rows, int),
+            history_max_rows=get("VIGIL_HISTORY_MAX_ROWS", defaults.history_max_rows, int),
+            anomaly_contamination=get(
+                "VIGIL_ANOMALY_CONTAMINATION", defaults.anomaly_contamination, float
+            ),
+            retrain_min_new_rows=get("VIGIL_RETRAIN_MIN_NEW_ROWS", defaults.retrain_min_new_rows, int),
+            retrain_interval_s=get("VIGIL_RETRAIN_INTERVAL", defaults.retrain_interval_s, float),
+            job_ttl_s=get("VIGIL_JOB_TTL", defaults.job_ttl_s, int),
+            max_events_per_job=get("VIGIL_MAX_EVENTS_PER_JOB", defaults.max_events_per_job, int),
+            max_body_bytes=get("VIGIL_MAX_BODY_BYTES", defaults.max_body_bytes, int),
+            webhook_max_attempts=get("VIGIL_WEBHOOK_MAX_ATTEMPTS", defaults.webhook_max_attempts, int),
+            webhook_timeout_s=get("VIGIL_WEBHOOK_TIMEOUT", defaults.webhook_timeout_s, float),
+            webhook_backoff_s=get("VIGIL_WEBHOOK_BACKOFF", defaults.webhook_backoff_s, float),
+            visibility_timeout_s=get("VIGIL_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s, int),
+        )
+        settings.check()
+        return settings
+
+    def check(self) -> None:
+        """Refuse settings that would be unsafe or meaningless, with a message saying which."""
+        if self.env == "production":
+            if self.using_dev_key:
+                raise ConfigError(
+                    "VIGIL_ENV=production refuses the development API key: set VIGIL_API_KEYS"
+                )
+            if self.webhook_secret == DEV_WEBHOOK_SECRET:
+                raise ConfigError(
+                    "VIGIL_ENV=production refuses the development webhook secret: "
+                    "set VIGIL_WEBHOOK_SECRET"
+                )
+        if self.z_threshold <= 0:
+            raise ConfigError("VIGIL_Z_THRESHOLD must be positive")
+        if self.min_history < 2:
+            raise ConfigError("VIGIL_MIN_HISTORY must be at least 2")
+        if not 0 < self.anomaly_contamination < 0.5:
+            raise ConfigError("VIGIL_ANOMALY_CONTAMINATION must be in (0, 0.5)")
+        for name in ("model_min_rows", "history_max_rows", "job_ttl_s", "max_events_per_job",
+                     "max_body_bytes", "webhook_max_attempts"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1")
+
+    def celery(self) -> dict:
+        """Celery's configuration keys for these settings."""
+        return {
+            "broker_url": self.redis_url,
+            # Vigil's job store holds results; Celery's result backend would only duplicate them.
+            "result_backend": None,
+            "task_ignore_result": True,
+            "task_serializer": "json",
+            "accept_content": ["json"],
+            # At-least-once: acknowledge after the task ran, redeliver if the worker died mid-task.
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            # CPU-bound tasks: take one at a time so a busy worker does not hoard messages.
+            "worker_prefetch_multiplier": 1,
+            "broker_transport_options": {"visibility_timeout": self.visibility_timeout_s},
+            "broker_connection_retry_on_startup": True,
+            "worker_send_task_events": True,
+            "task_send_sent_event": True,
+            "beat_schedule": {
+                "retrain-models": {
+                    "task": "vigil.retrain_due",
+                    "schedule": self.retrain_interval_s,
+                },
+            },
+        }

@@ -1,0 +1,68 @@
+"""Every Redis key name Vigil uses, in one place.
+
+Tenant first, so one tenant's data never shares a key with another's. Tenant names
+contain no ':' (see config), so the names below cannot collide.
+"""
+
+PREFIX = "vigil"
+
+
+def job(tenant: str, job_id: str) -> str:
+    """Hash: status, progress, timestamps, summary, callback, webhook state."""
+    return f"{PREFIX}:{tenant}:job:{job_id}"
+
+
+def job_events(tenant: str, job_id: str) -> str:
+    """String: the submitted events as JSON."""
+    return f"{PREFIX}:{tenant}:job:{job_id}:events"
+
+
+def job_results(tenant: str, job_id: str) -> str:
+    """String: the per-event results as JSON."""
+    return f"{PREFIX}:{tenant}:job:{job_id}:results"
+
+
+def event_types(tenant: str) -> str:
+    """Hash: event type -> number of events accepted into its history."""
+    return f"{PREFIX}:{tenant}:event-types"
+
+
+def baseline(tenant: str, event_type: str) -> str:
+    """Hash: field -> 'n,mean,m2', the running moments of that field."""
+    return f"{PREFIX}:{tenant}:baseline:{event_type}"
+
+
+def batch_applied(tenant: str, batch_id: str) -> str:
+    """Marker (expiring): this batch was merged into baselines and history already, so a
+    redelivered job does not count its events twice."""
+    return f"{PREFIX}:{tenant}:applied:{batch_id}"
+
+
+def recent_jobs(tenant: str) -> str:
+    """List: the tenant's latest job ids, newest first (bounded)."""
+    return f"{PREFIX}:{tenant}:recent-jobs"
+
+
+def history(tenant: str, event_type: str) -> str:
+    """List: recent accepted events as JSON rows of numeric fields (bounded)."""
+    return f"{PREFIX}:{tenant}:history:{event_type}"
+
+
+def history_since_training(tenant: str, event_type: str) -> str:
+    """Integer: rows added to the history since the model was last trained."""
+    return f"{PREFIX}:{tenant}:history-new:{event_type}"
+
+
+def model(tenant: str, event_type: str) -> str:
+    """Hash: version, trained_at, metadata and the skops blob of the anomaly model."""
+    return f"{PREFIX}:{tenant}:model:{event_type}"
+
+
+def training_lock(tenant: str, event_type: str) -> str:
+    """Marker (expiring): a model for this event type is being trained right now."""
+    return f"{PREFIX}:{tenant}:training:{event_type}"
+
+
+def known_types() -> str:
+    """Set: '<tenant>:<event type>' for every type with history (beat walks it to retrain)."""
+    return f"{PREFIX}:known-types"

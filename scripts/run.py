@@ -1,0 +1,325 @@
+"""`make run`: Redis (reused or private), the API, a worker, beat and Flower, stopped together.
+
+Every child's output is shown with a ``[name]`` prefix. Ctrl-C or SIGTERM stops everything and
+exits 0; a child that exits on its own stops everything else and exits 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, NoReturn
+from urllib.parse import urlsplit
+
+# Run as `python scripts/run.py`, sys.path[0] is scripts/; `core` needs the repo root.
+# (A bare sys.path.insert is what lets the imports below stay E402-clean.)
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
+from core.localredis import free_port, redis_answers, start_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_FLOWER_AUTH = "vigil:vigil-dev"
+STATE_DIR = ROOT / ".vigil"
+STOP_TIMEOUT_S = 10.0
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+# One lock for every line written, so lines from different children never interleave.
+# Reentrant: the signal handler prints on the main thread, possibly mid-say().
+_print_lock = threading.RLock()
+
+
+def say(message: str = "", *, stream: IO[str] | None = None) -> None:
+    with _print_lock:
+        print(message, file=stream or sys.stdout, flush=True)
+
+
+def die(message: str, code: int = 2) -> NoReturn:
+    say(f"vigil: {message}", stream=sys.stderr)
+    raise SystemExit(code)
+
+
+def env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        die(f"{name}={raw!r} is not a valid port number")
+
+
+def executable(name: str) -> str:
+    """The venv's copy first (`make run` may be used without activating the venv), then PATH."""
+    # Not resolve(): the venv's python is a symlink to the system one, whose bin has no celery.
+    candidate = Path(sys.executable).parent / name
+    if candidate.is_file() and os.access(candidate, os.X_OK):
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        die(f"cannot find {name!r} next to {sys.executable} or on PATH; run `make install`")
+    return found
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[str]
+    reader: threading.Thread = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reader = threading.Thread(target=self._pump, name=f"pump-{self.name}", daemon=True)
+        self.reader.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        prefix = f"[{self.name}]"
+        for line in self.proc.stdout:
+            say(f"{prefix} {line.rstrip()}")
+
+
+class Supervisor:
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.children: list[Child] = []
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.stopping = False  # set by the first SIGINT/SIGTERM
+        self.hurry = False  # set by a second one: skip the grace period
+
+    def on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        # Only set flags: the main loop does the work, so a signal never lands mid-Popen.
+        if self.stopping:
+            self.hurry = True
+            return
+        self.stopping = True
+        say(f"\nvigil: {signal.Signals(signum).name} received, stopping everything...")
+
+    def spawn(self, name: str, cmd: list[str]) -> None:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            bufsize=1,
+            start_new_session=False,
+        )
+        self.children.append(Child(name, proc))
+
+    def first_exited(self) -> Child | None:
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+    def stop_all(self) -> None:
+        alive = [c for c in self.children if c.proc.poll() is None]
+        for child in alive:
+            _signal(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while any(c.proc.poll() is None for c in alive) and time.monotonic() < deadline:
+            if self.hurry:
+                break
+            time.sleep(0.1)
+        for child in alive:
+            if child.proc.poll() is None:
+                say(f"vigil: {child.name} did not stop within {STOP_TIMEOUT_S:.0f}s, killing it")
+                # SIGKILL leaves no chance to reap gunicorn/celery pool processes: kill them too.
+                for pid in [*_descendants(child.proc.pid), child.proc.pid]:
+                    _signal(pid, signal.SIGKILL)
+                child.proc.wait()
+        for child in self.children:
+            child.reader.join(timeout=2)
+        self.stop_redis()
+
+    def stop_redis(self) -> None:
+        if self.redis is None:
+            return  # not ours: leave it running
+        # Ctrl-C reaches redis too (same process group) and it may already be gone.
+        if self.redis.poll() is None:
+            # SIGTERM lets redis flush its append-only file before exiting.
+            self.redis.terminate()
+            try:
+                self.redis.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.redis.kill()
+                self.redis.wait()
+        say("vigil: stopped the private redis-server")
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.kill(pid, sig)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc (Linux); an empty list elsewhere."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name in parentheses may hold spaces: split after its closing ')'.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        kids = parents.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
+    return found
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
+
+
+def choose_redis(url: str, sup: Supervisor) -> str:
+    """Use the Redis at url if it answers; else start a private one and return its URL."""
+    if redis_answers(url):
+        return url
+    parts = urlsplit(url)
+    try:
+        wanted = parts.port or 6379
+    except ValueError:
+        wanted = 6379  # malformed port: let free_port() pick
+    local = (parts.hostname or "") in LOCAL_HOSTS
+    port = wanted if local and port_is_free(wanted) else free_port()
+    sup.redis = start_redis(port, STATE_DIR / "redis")
+    started = f"redis://127.0.0.1:{port}/0"
+    say(f"vigil: no Redis answered at {url}; started a private redis-server at {started} "
+        f"(data in {STATE_DIR / 'redis'})")
+    return started
+
+
+def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
+           redis_url: str) -> str:
+    api = f"http://127.0.0.1:{port}"
+    key = DEV_API_KEY if settings.using_dev_key else "<your-api-key>"
+    body = '{"event_type":"checkout","payload":{"amount":42.5},"timestamp":"2026-11-23T12:00:00Z"}'
+    curl = (f"curl -s -X POST {api}/v1/events/validate -H 'Authorization: Bearer {key}' "
+            f"-H 'Content-Type: application/json' -d '{body}'")
+    lines = [
+        "",
+        "=" * 72,
+        "Vigil is running",
+        f"  API        {api}",
+        f"  API docs   {api}/docs",
+        f"  Flower     http://127.0.0.1:{flower_port}  (login {flower_auth})",
+        f"  Redis      {redis_url}",
+    ]
+    if settings.using_dev_key:
+        lines.append(f"  API key    {DEV_API_KEY}  -- WARNING: development only, "
+                     "set VIGIL_API_KEYS for anything else")
+    else:
+        lines.append("  API keys   from VIGIL_API_KEYS")
+    if settings.webhook_secret == DEV_WEBHOOK_SECRET:
+        lines.append(f"  Webhooks   signed with the development secret {DEV_WEBHOOK_SECRET} "
+                     "-- set VIGIL_WEBHOOK_SECRET for anything else")
+    else:
+        lines.append("  Webhooks   signed with the secret from VIGIL_WEBHOOK_SECRET")
+    lines += [
+        "",
+        "Try it:",
+        f"  {curl}",
+        "",
+        "Ctrl-C stops everything.",
+        "=" * 72,
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    redis_url = os.environ.get("REDIS_URL", "").strip() or DEFAULT_REDIS_URL
+    port = env_int("PORT", 8000)
+    flower_port = env_int("FLOWER_PORT", 5555)
+    flower_auth = os.environ.get("FLOWER_BASIC_AUTH", "").strip() or DEFAULT_FLOWER_AUTH
+
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        die(str(exc))
+
+    # Resolve every executable before starting anything, so a missing one leaves nothing behind.
+    gunicorn, celery = executable("gunicorn"), executable("celery")
+    commands: list[tuple[str, list[str]]] = [
+        ("api", [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "2",
+                 "--access-logfile", "-", "api:create_app()"]),
+        ("worker", [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO",
+                    "--concurrency", "2", "-E"]),
+        ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
+                  "--schedule", str(STATE_DIR / "celerybeat-schedule")]),
+        ("flower", [celery, "-A", "tasks.worker", "flower", "--address=127.0.0.1",
+                    f"--port={flower_port}", f"--basic-auth={flower_auth}"]),
+    ]
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+
+    env = dict(os.environ)
+    # Children import api/ and tasks/ from the repo root whatever the caller's cwd was,
+    # and flush each line at once so the prefixed output is live.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    sup = Supervisor(env)
+    signal.signal(signal.SIGINT, sup.on_signal)
+    signal.signal(signal.SIGTERM, sup.on_signal)
+
+    exit_code = 0
+    try:
+        try:
+            env["REDIS_URL"] = choose_redis(redis_url, sup)
+        except RuntimeError as exc:
+            die(str(exc))
+        for name, cmd in commands:
+            if sup.stopping:
+                break
+            sup.spawn(name, cmd)
+        if not sup.stopping:
+            say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
+                       redis_url=env["REDIS_URL"]))
+        while not sup.stopping:
+            exited = sup.first_exited()
+            if exited is not None:
+                say(f"vigil: {exited.name} exited by itself with "
+                    f"{describe_exit(exited.proc.returncode)}; stopping everything",
+                    stream=sys.stderr)
+                exit_code = 1
+                sup.stopping = True
+                break
+            time.sleep(0.2)
+    finally:
+        # Also on errors while starting: never leave children or a private redis behind.
+        sup.stop_all()
+    if exit_code == 0:
+        say("vigil: stopped")
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""History import and on-demand training, run as jobs like any other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from celery import shared_task
+
+from core.config import Settings
+from ml.features import payload_frame
+from ml.stats import frame_moments
+from tasks import store
+from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
+from tasks.models import train
+from tasks.validate import accepted_rows
+
+# Rows merged per script call: keeps each Redis call short so it never blocks others long.
+CHUNK = 5000
+
+
+def import_history(r: redis.Redis, cfg: Settings, tenant: str,
+                   job: dict[str, Any]) -> tuple[dict, None]:
+    """Merge every event into the baselines and history unchecked, then train the model."""
+    job_id, event_type = job["job_id"], job["event_type"]
+    events = store.get_events(r, tenant, job_id)
+    fields: set[str] = set()
+    for start in range(0, len(events), CHUNK):
+        chunk = events[start:start + CHUNK]
+        values = payload_frame([e["payload"] for e in chunk])
+        fields.update(values.columns)
+        store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}", frame_moments(values),
+                          accepted_rows(values, [e["timestamp"] for e in chunk]))
+        store.set_progress(r, tenant, job_id, start + len(chunk))
+    summary = {"events": len(events), "fields": sorted(fields)}
+    return {**summary, **_train_summary(r, cfg, tenant, event_type)}, None
+
+
+def _train_summary(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict:
+    meta = train(r, cfg, tenant, event_type)
+    if meta is None:
+        rows = store.history_count(r, tenant, event_type)
+        return {"model": None,
+                "model_note": f"{rows} events of history; the anomaly model needs "
+                              f"{cfg.model_min_rows}"}
+    return {"model": meta}
+
+
+def train_now(r: redis.Redis, cfg: Settings, tenant: str,
+              job: dict[str, Any]) -> tuple[dict, None]:
+    summary = _train_summary(r, cfg, tenant, job["event_type"])
+    if summary["model"] is None:
+        raise JobError(summary["model_note"])
+    return summary, None
+
+
+@shared_task(name="vigil.import_history", **JOB_TASK_OPTIONS)
+def import_history_job(tenant: str, job_id: str) -> str | None:
+    return run_job(tenant, job_id, import_history)
+
+
+@shared_task(name="vigil.train_job", **JOB_TASK_OPTIONS)
+def train_job(tenant: str, job_id: str) -> str | None:
+    return run_job(tenant, job_id, train_now)

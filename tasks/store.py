@@ -1,0 +1,292 @@
+"""Jobs, baselines, history and models in Redis. The API and the workers both use it.
+
+Every function takes the Redis client first; key names come from core.keys only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import redis
+
+from core import keys
+from core.config import Settings
+from ml.stats import Moments
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+    "queued", "running", "succeeded", "failed", "cancelled")
+FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
+RECENT_JOBS_KEPT = 200
+# Job hash fields holding JSON rather than plain strings.
+_JSON_FIELDS = ("summary", "webhook")
+
+
+def now() -> float:
+    return time.time()
+
+
+def _decode(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
+    job = {k.decode(): v.decode() for k, v in raw.items()}
+    for name in _JSON_FIELDS:
+        if name in job:
+            job[name] = json.loads(job[name])
+    for name in ("total", "done", "attempts"):
+        if name in job:
+            job[name] = int(job[name])
+    for name in ("created_at", "started_at", "finished_at"):
+        if name in job:
+            job[name] = float(job[name])
+    return job
+
+
+# --- jobs -----------------------------------------------------------------------------------
+
+def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
+               events: Sequence[Mapping] = (), event_type: str | None = None,
+               callback_url: str | None = None) -> str:
+    """Store a queued job and its events; the caller enqueues the task that runs it."""
+    job_id = uuid.uuid4().hex
+    fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
+              "attempts": 0, "created_at": now()}
+    if event_type:
+        fields["event_type"] = event_type
+    if callback_url:
+        fields["callback_url"] = callback_url
+    ttl = settings.job_ttl_s
+    pipe = r.pipeline()
+    pipe.hset(keys.job(tenant, job_id), mapping=fields)
+    pipe.expire(keys.job(tenant, job_id), ttl)
+    if events:
+        pipe.set(keys.job_events(tenant, job_id), json.dumps(list(events)), ex=ttl)
+    pipe.lpush(keys.recent_jobs(tenant), job_id)
+    pipe.ltrim(keys.recent_jobs(tenant), 0, RECENT_JOBS_KEPT - 1)
+    pipe.execute()
+    return job_id
+
+
+def get_job(r: redis.Redis, tenant: str, job_id: str) -> dict[str, Any] | None:
+    raw = r.hgetall(keys.job(tenant, job_id))
+    return _decode(raw) if raw else None
+
+
+def get_events(r: redis.Redis, tenant: str, job_id: str) -> list[dict]:
+    raw = r.get(keys.job_events(tenant, job_id))
+    return json.loads(raw) if raw else []
+
+
+def get_results(r: redis.Redis, tenant: str, job_id: str) -> list[dict] | None:
+    raw = r.get(keys.job_results(tenant, job_id))
+    return json.loads(raw) if raw else None
+
+
+def recent_job_ids(r: redis.Redis, tenant: str, limit: int = 20) -> list[str]:
+    return [j.decode() for j in r.lrange(keys.recent_jobs(tenant), 0, limit - 1)]
+
+
+# Moves a job to running unless it is finished, cancelled or gone; counts deliveries so a
+# job that keeps killing its worker can be failed instead of redelivered forever.
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'succeeded' or status == 'failed' or status == 'cancelled' then
+  return -1
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+"""
+
+# Finishes a job unless it was cancelled (or expired) meanwhile.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'running' then return 0 end
+for i = 1, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' or status == 'running' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  return 'cancelled'
+end
+return status
+"""
+
+
+def start_job(r: redis.Redis, tenant: str, job_id: str) -> int:
+    """Mark the job running; returns its delivery count, or -1 if it must not run."""
+    return int(r.eval(_START, 1, keys.job(tenant, job_id), now()))
+
+
+def finish_job(r: redis.Redis, settings: Settings, tenant: str, job_id: str, status: str, *,
+               summary: Mapping | None = None, results: list[dict] | None = None,
+               error: str | None = None) -> bool:
+    """Record the outcome; False if the job was cancelled or expired meanwhile."""
+    fields: dict[str, Any] = {"status": status, "finished_at": now()}
+    if summary is not None:
+        fields["summary"] = json.dumps(summary)
+    if error is not None:
+        fields["error"] = error
+    if results is not None:
+        fields["done"] = len(results)
+        # Results first: a client that sees `succeeded` must find them.
+        r.set(keys.job_results(tenant, job_id), json.dumps(results), ex=settings.job_ttl_s)
+    args = [x for pair in fields.items() for x in pair]
+    finished = bool(r.eval(_FINISH, 1, keys.job(tenant, job_id), *args))
+    if finished:
+        # Keep a finished job for the full TTL from now, not from submission.
+        pipe = r.pipeline()
+        for key in (keys.job(tenant, job_id), keys.job_events(tenant, job_id)):
+            pipe.expire(key, settings.job_ttl_s)
+        pipe.execute()
+    return finished
+
+
+def set_progress(r: redis.Redis, tenant: str, job_id: str, done: int) -> None:
+    r.hset(keys.job(tenant, job_id), "done", done)
+
+
+def cancel_job(r: redis.Redis, tenant: str, job_id: str) -> str | None:
+    """Cancel a queued or running job. Returns the status it has now (None: no such job)."""
+    status = r.eval(_CANCEL, 1, keys.job(tenant, job_id), now())
+    return status.decode() if status else None
+
+
+def set_webhook_state(r: redis.Redis, tenant: str, job_id: str, state: Mapping) -> None:
+    r.hset(keys.job(tenant, job_id), "webhook", json.dumps(state))
+
+
+# --- baselines and history -----------------------------------------------------------------
+
+# Merges per-field moments (Chan et al.) and appends history rows, once per batch id: a job
+# redelivered after a crash finds its marker and changes nothing. One script, so concurrent
+# workers merging into the same field serialise inside Redis and lose nothing.
+_APPLY_BATCH = """
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+local history_max = tonumber(ARGV[2])
+local n_fields = tonumber(ARGV[5])
+local i = 6
+for _ = 1, n_fields do
+  local field = ARGV[i]
+  local n, mean, m2 = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  i = i + 4
+  local current = redis.call('HGET', KEYS[2], field)
+  if current then
+    local sa, sm, sq = string.match(current, '([^,]+),([^,]+),([^,]+)')
+    local na, ma, qa = tonumber(sa), tonumber(sm), tonumber(sq)
+    local total = na + n
+    local delta = mean - ma
+    mean = ma + delta * n / total
+    m2 = qa + m2 + delta * delta * na * n / total
+    n = total
+  end
+  redis.call('HSET', KEYS[2], field, string.format('%d,%.17g,%.17g', n, mean, m2))
+end
+local rows = #ARGV - i + 1
+local j = i
+while j <= #ARGV do
+  local last = math.min(j + 999, #ARGV)
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, j, last))
+  j = last + 1
+end
+if rows > 0 then
+  redis.call('LTRIM', KEYS[3], -history_max, -1)
+  redis.call('INCRBY', KEYS[4], rows)
+end
+redis.call('HINCRBY', KEYS[5], ARGV[3], rows)
+redis.call('SADD', KEYS[6], ARGV[4] .. ':' .. ARGV[3])
+return 1
+"""
+
+
+def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str,
+                batch_id: str, moments: Mapping[str, Moments],
+                rows: Iterable[Mapping]) -> bool:
+    """Merge a batch of accepted values into the baselines and history, exactly once.
+
+    rows: ``{"ts": epoch seconds, "v": {field: value}}`` per accepted event.
+    Returns False if this batch had been applied before.
+    """
+    script_keys = [keys.batch_applied(tenant, batch_id), keys.baseline(tenant, event_type),
+                   keys.history(tenant, event_type),
+                   keys.history_since_training(tenant, event_type),
+                   keys.event_types(tenant), keys.known_types()]
+    args: list[Any] = [settings.job_ttl_s, settings.history_max_rows, event_type, tenant,
+                       len(moments)]
+    for field, m in moments.items():
+        args += [field, m.n, repr(m.mean), repr(m.m2)]
+    args += [json.dumps(row, separators=(",", ":")) for row in rows]
+    return bool(r.eval(_APPLY_BATCH, len(script_keys), *script_keys, *args))
+
+
+def _parse_moments(raw: bytes) -> Moments:
+    n, mean, m2 = raw.decode().split(",")
+    return Moments(int(n), float(mean), float(m2))
+
+
+def load_baseline(r: redis.Redis, tenant: str, event_type: str,
+                  fields: Sequence[str] | None = None) -> dict[str, Moments]:
+    """Moments per field (all fields, or just these)."""
+    key = keys.baseline(tenant, event_type)
+    if fields is None:
+        return {k.decode(): _parse_moments(v) for k, v in r.hgetall(key).items()}
+    if not fields:
+        return {}
+    values = r.hmget(key, list(fields))
+    return {f: _parse_moments(v) for f, v in zip(fields, values) if v is not None}
+
+
+def history_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:
+    return [json.loads(row) for row in r.lrange(keys.history(tenant, event_type), 0, -1)]
+
+
+def history_count(r: redis.Redis, tenant: str, event_type: str) -> int:
+    return int(r.llen(keys.history(tenant, event_type)))
+
+
+def event_type_counts(r: redis.Redis, tenant: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.event_types(tenant)).items()}
+
+
+def known_types(r: redis.Redis) -> list[tuple[str, str]]:
+    """(tenant, event type) for every type with history, across tenants (for beat)."""
+    return [tuple(m.decode().split(":", 1)) for m in r.smembers(keys.known_types())]
+
+
+# --- models --------------------------------------------------------------------------------
+
+def save_model(r: redis.Redis, tenant: str, event_type: str, blob: bytes,
+               meta: Mapping[str, Any], trained_on_new_rows: int) -> int:
+    """Store a new model version; every worker sees it on its next job. Returns the version."""
+    key = keys.model(tenant, event_type)
+    version = int(r.hincrby(key, "next_version", 1))
+    meta = {**meta, "version": version, "trained_at": now()}
+    pipe = r.pipeline()
+    # Blob and version in one transaction: a reader never sees a version without its blob.
+    pipe.hset(key, mapping={"version": version, "meta": json.dumps(meta), "blob": blob})
+    # Rows that arrived while training still count toward the next retraining.
+    pipe.decrby(keys.history_since_training(tenant, event_type), trained_on_new_rows)
+    pipe.execute()
+    return version
+
+
+def model_meta(r: redis.Redis, tenant: str, event_type: str) -> dict[str, Any] | None:
+    raw = r.hget(keys.model(tenant, event_type), "meta")
+    return json.loads(raw) if raw else None
+
+
+def model_version(r: redis.Redis, tenant: str, event_type: str) -> int | None:
+    raw = r.hget(keys.model(tenant, event_type), "version")
+    return int(raw) if raw else None
+
+
+def model_blob(r: redis.Redis, tenant: str, event_type: str) -> tuple[int, bytes] | None:
+    version, blob = r.hmget(keys.model(tenant, event_type), ["version", "blob"])
+    return (int(version), blob) if version and blob else None
+
+
+def new_rows_since_training(r: redis.Redis, tenant: str, event_type: str) -> int:
+    return int(r.get(keys.history_since_training(tenant, event_type)) or 0)

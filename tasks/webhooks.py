@@ -1,0 +1,88 @@
+"""Webhooks: a pure payload builder, a signed sender, and a delivery task that retries."""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from celery import shared_task
+from celery.utils.time import get_exponential_backoff_interval
+from standardwebhooks import Webhook
+
+from tasks import store
+from tasks.context import redis_client, settings
+from tasks.documents import iso, job_document
+
+log = logging.getLogger(__name__)
+EVENT_TYPE = "job.completed"
+
+
+class DeliveryError(Exception):
+    """The receiver did not accept the webhook."""
+
+
+def build_payload(job: dict[str, Any], results: list[dict] | None) -> dict[str, Any]:
+    """The Standard Webhooks body for a finished job."""
+    return {"type": EVENT_TYPE, "timestamp": iso(job.get("finished_at")),
+            "data": job_document(job, results)}
+
+
+def message_id(job_id: str) -> str:
+    """Stable across retries, so a receiver can drop duplicates of one delivery."""
+    return f"msg_{job_id}"
+
+
+def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
+                 timeout_s: float) -> httpx.Response:
+    """POST the payload signed per Standard Webhooks; raises DeliveryError unless 2xx."""
+    body = json.dumps(payload, separators=(",", ":"))
+    sent_at = datetime.now(UTC)
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "Vigil-Webhooks/1",
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, sent_at, body),
+    }
+    try:
+        response = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
+    if not 200 <= response.status_code < 300:
+        raise DeliveryError(f"receiver answered HTTP {response.status_code}")
+    return response
+
+
+@shared_task(bind=True, name="vigil.deliver_webhook", ignore_result=True)
+def deliver_webhook(self, tenant: str, job_id: str) -> str:
+    r, cfg = redis_client(), settings()
+    job = store.get_job(r, tenant, job_id)
+    if not job or not job.get("callback_url"):
+        return "gone"
+    attempt = self.request.retries + 1
+    payload = build_payload(job, store.get_results(r, tenant, job_id))
+    try:
+        response = send_webhook(job["callback_url"], payload, message_id(job_id),
+                                cfg.webhook_secret, cfg.webhook_timeout_s)
+    except DeliveryError as exc:
+        final = attempt >= cfg.webhook_max_attempts
+        store.set_webhook_state(r, tenant, job_id, {
+            "status": "failed" if final else "retrying", "attempts": attempt,
+            "last_error": str(exc), "message_id": message_id(job_id)})
+        log.warning("webhook delivery failed", extra={"tenant": tenant, "job_id": job_id,
+                                                      "attempt": attempt, "error": str(exc)})
+        if final:
+            return "failed"
+        # Celery's exponential backoff with full jitter, capped below the visibility timeout:
+        # a countdown longer than it makes the Redis transport deliver the task twice.
+        countdown = get_exponential_backoff_interval(
+            factor=cfg.webhook_backoff_s, retries=self.request.retries,
+            maximum=max(1, min(3600, cfg.visibility_timeout_s // 2)), full_jitter=True)
+        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+    store.set_webhook_state(r, tenant, job_id, {
+        "status": "delivered", "attempts": attempt, "http_status": response.status_code,
+        "message_id": message_id(job_id)})
+    return "delivered"

@@ -1,0 +1,153 @@
+"""Fixtures: a private Redis, a real Celery worker and the API on a real port.
+
+Nothing here touches a Redis someone else uses: each test session starts its own
+redis-server on a free port with its files in a temp dir, and stops it at the end.
+Unit tests of ml/ and tasks/verdicts.py ask for none of these and run without servers.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis as redis_lib
+from helpers import KEYS, WEBHOOK_SECRET, client_for
+from werkzeug.serving import make_server
+
+from core.config import Settings
+from core.localredis import free_port, start_redis
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RedisServer:
+    """A private redis-server that a test can stop and start again (same port, same files)."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = start_redis(self.port, self.data_dir)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def client(self) -> redis_lib.Redis:
+        return redis_lib.Redis.from_url(self.url)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vigil_env(redis_server) -> dict[str, str]:
+    """The environment both the worker and the API read their settings from."""
+    return {
+        "REDIS_URL": redis_server.url,
+        "VIGIL_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in KEYS.items()),
+        "VIGIL_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "VIGIL_WEBHOOK_BACKOFF": "0.2",
+        "VIGIL_WEBHOOK_MAX_ATTEMPTS": "4",
+        "VIGIL_RETRAIN_INTERVAL": "3600",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(vigil_env) -> Settings:
+    return Settings.from_env(vigil_env)
+
+
+class Worker:
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, settings: Settings, timeout_s: float = 60) -> None:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel",
+             "INFO", "--concurrency", "2", "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h",
+             "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        from tasks import create_celery
+
+        control = create_celery(settings).control
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
+            if control.ping(timeout=0.5):
+                return
+        raise RuntimeError(f"worker did not answer: {self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def worker(vigil_env, settings, tmp_path_factory) -> Iterator[Worker]:
+    proc = Worker(vigil_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    proc.start(settings)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_url(settings) -> Iterator[str]:
+    """The API app served over real HTTP on a free port, in a thread."""
+    from api import create_app
+
+    server = make_server("127.0.0.1", free_port(), create_app(settings), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture
+def alpha(api_url, worker) -> Iterator[httpx.Client]:
+    with client_for(api_url, "alpha") as client:
+        yield client
+
+
+@pytest.fixture
+def beta(api_url, worker) -> Iterator[httpx.Client]:
+    with client_for(api_url, "beta") as client:
+        yield client
+
+
+@pytest.fixture
+def anonymous(api_url) -> Iterator[httpx.Client]:
+    with client_for(api_url, None) as client:
+        yield client
+
+
+@pytest.fixture
+def event_type() -> str:
+    """A fresh event type per test, so tests never share baselines or models."""
+    return f"t-{uuid.uuid4().hex[:10]}"

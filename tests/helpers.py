@@ -1,0 +1,30 @@
+"""What tests do as clients: authenticate, submit, poll."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+
+KEYS = {"alpha": "key-alpha-test", "beta": "key-beta-test"}
+WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1mb3ItdmlnaWw="
+
+
+def client_for(base_url: str, tenant: str | None) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {KEYS[tenant]}"} if tenant else {}
+    return httpx.Client(base_url=base_url, headers=headers, timeout=30)
+
+
+def wait_for(client: httpx.Client, status_url: str, timeout_s: float = 60) -> dict:
+    """Poll a job until it finishes, as a client would."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        response = client.get(status_url)
+        assert response.status_code == 200, response.text
+        job = response.json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            assert "Retry-After" not in response.headers
+            return job
+        assert response.headers["Retry-After"]
+        time.sleep(0.1)
+    raise AssertionError(f"job {status_url} did not finish in {timeout_s}s: {job}")

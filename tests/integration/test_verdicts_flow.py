@@ -1,0 +1,180 @@
+"""Seed history, submit typical and extreme events through HTTP, and read the verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import wait_for
+
+T0 = 1_790_000_000  # epoch seconds
+
+
+def seed(client, event_type: str, n: int = 400, seed: int = 7) -> tuple[dict, np.ndarray]:
+    """n events of history with amount ~ N(100, 10) and items ~ N(5, 1); returns the job."""
+    rng = np.random.default_rng(seed)
+    amounts = rng.normal(100, 10, n)
+    items = rng.normal(5, 1, n)
+    events = [{"timestamp": T0 + i * 60, "payload": {"amount": float(a), "cart": {"items": float(b)}}}
+              for i, (a, b) in enumerate(zip(amounts, items))]
+    response = client.post(f"/v1/event-types/{event_type}/history", json={"events": events})
+    assert response.status_code == 202, response.text
+    job = wait_for(client, response.json()["status_url"])
+    assert job["status"] == "succeeded", job
+    return job, np.column_stack([amounts, items])
+
+
+def validate(client, event_type: str, payload: dict, **extra) -> dict:
+    response = client.post("/v1/events/validate", json={
+        "event_type": event_type, "payload": payload, "timestamp": "2026-11-23T12:00:00Z",
+        **extra})
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["status"] == "queued"
+    assert response.headers["Location"] == body["status_url"] == f"/v1/jobs/{body['job_id']}"
+    return wait_for(client, body["status_url"])
+
+
+def test_history_import_seeds_baseline_and_trains_model(alpha, event_type):
+    job, values = seed(alpha, event_type)
+    assert job["summary"]["events"] == 400
+    assert job["summary"]["fields"] == ["amount", "cart.items"]
+    assert job["summary"]["model"]["rows"] == 400
+
+    baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
+    by_field = {f["field"]: f for f in baseline["fields"]}
+    assert by_field["amount"]["count"] == 400
+    assert by_field["amount"]["mean"] == pytest.approx(values[:, 0].mean(), rel=1e-12)
+    assert by_field["amount"]["std"] == pytest.approx(values[:, 0].std(), rel=1e-12)
+    assert by_field["cart.items"]["std"] == pytest.approx(values[:, 1].std(), rel=1e-12)
+
+    model = alpha.get(f"/v1/event-types/{event_type}/model").json()
+    assert model["version"] == 1
+    assert model["features"] == ["amount", "cart.items"]
+    assert model["rows"] == 400
+    listed = {t["event_type"]: t for t in alpha.get("/v1/event-types").json()["event_types"]}
+    assert listed[event_type] == {"event_type": event_type, "events": 400, "model_version": 1}
+
+
+def test_typical_event_is_valid_and_extreme_event_is_flagged_with_figures(alpha, event_type):
+    _, values = seed(alpha, event_type)
+    mean, std = values[:, 0].mean(), values[:, 0].std()
+
+    typical = validate(alpha, event_type, {"amount": 101.0, "cart": {"items": 5.0}},
+                       event_id="order-1")
+    assert typical["status"] == "succeeded"
+    assert typical["summary"] == {"events": 1, "valid": 1, "invalid": 0, "warnings": {}}
+    [result] = typical["results"]
+    assert result["valid"] is True
+    assert result["event_id"] == "order-1"
+    assert result["warnings"] == []
+    assert result["processed_at"]
+    assert 0 < result["anomaly_score"] < 0.6
+    assert result["model_version"] == 1
+
+    extreme = validate(alpha, event_type, {"amount": 400.0, "cart": {"items": 5.0}})
+    [result] = extreme["results"]
+    assert result["valid"] is False
+    [out_of_range] = [w for w in result["warnings"] if w["code"] == "out_of_range"]
+    assert out_of_range["field"] == "amount"
+    assert out_of_range["value"] == 400.0
+    # The baseline now also holds the typical event accepted above.
+    assert out_of_range["mean"] == pytest.approx((values[:, 0].sum() + 101.0) / 401, rel=1e-9)
+    assert out_of_range["std"] == pytest.approx(np.append(values[:, 0], 101.0).std(), rel=1e-9)
+    assert out_of_range["z"] == pytest.approx(
+        (400 - out_of_range["mean"]) / out_of_range["std"], rel=1e-9)
+    assert out_of_range["z"] > 25
+    assert "standard deviations" in out_of_range["message"]
+    assert abs(out_of_range["mean"] - mean) < 1 and abs(out_of_range["std"] - std) < 1
+    assert extreme["summary"]["invalid"] == 1
+
+
+def test_multivariate_anomaly_is_flagged_by_the_model_with_contributors(alpha, event_type):
+    seed(alpha, event_type)
+    # Each value within 3 sigma, but both at the edge at once: rare for the model, not for z.
+    job = validate(alpha, event_type, {"amount": 124.0, "cart": {"items": 7.4}})
+    [result] = job["results"]
+    assert [w["code"] for w in result["warnings"]] == ["anomaly"]
+    [anomaly] = result["warnings"]
+    assert anomaly["score"] == result["anomaly_score"] > anomaly["threshold"]
+    assert {c["field"] for c in anomaly["contributors"]} <= {"amount", "cart.items"}
+    assert anomaly["contributors"]
+
+
+def test_invalid_events_do_not_move_the_baseline(alpha, event_type):
+    seed(alpha, event_type)
+    before = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
+    validate(alpha, event_type, {"amount": 10_000.0, "cart": {"items": 5.0}})
+    after = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
+    assert after == before
+
+
+def test_cold_start_is_said_not_failed(alpha, event_type):
+    job = validate(alpha, event_type, {"amount": 5.0, "note": "text is ignored", "ok": True})
+    [result] = job["results"]
+    assert result["valid"] is True
+    codes = {note["code"]: note for note in result["notes"]}
+    assert codes["insufficient_history"]["field"] == "amount"
+    assert codes["insufficient_history"]["count"] == 0
+    assert codes["insufficient_history"]["needed"] == 30
+    assert "no_model" in codes
+    assert result["anomaly_score"] is None
+    # Accepted: it now counts toward the history.
+    baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
+    assert baseline["fields"] == [{"field": "amount", "count": 1, "mean": 5.0, "std": 0.0,
+                                   "checked": False}]
+
+
+def test_batch_job_and_results_csv(alpha, event_type):
+    seed(alpha, event_type)
+    events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"e{i}",
+               "payload": {"amount": 100.0 + i, "cart": {"items": 5.0}}} for i in range(20)]
+    events.append({"event_type": event_type, "timestamp": T0, "event_id": "bad",
+                   "payload": {"amount": -500.0, "cart": {"items": 5.0}}})
+    response = alpha.post("/v1/jobs", json={"events": events})
+    assert response.status_code == 202
+    job = wait_for(alpha, response.json()["status_url"])
+    assert job["progress"] == {"done": 21, "total": 21}
+    assert job["summary"]["events"] == 21 and job["summary"]["invalid"] >= 1
+    assert [r["index"] for r in job["results"]] == list(range(21))
+    assert job["results"][-1]["valid"] is False
+
+    csv = alpha.get(f"{response.json()['status_url']}/results.csv")
+    assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
+    lines = csv.text.strip().splitlines()
+    assert lines[0].startswith("index,event_id,event_type,timestamp,valid,anomaly_score")
+    assert len(lines) == 22
+    assert lines[-1].startswith(f"20,bad,{event_type}") and ",False," in lines[-1]
+
+
+def test_csv_history_and_csv_jobs(alpha, event_type):
+    rng = np.random.default_rng(3)
+    rows = "\n".join(f"{T0 + i * 60},{v:.4f}" for i, v in enumerate(rng.normal(50, 5, 2000)))
+    response = alpha.post(f"/v1/event-types/{event_type}/history",
+                          content=f"timestamp,latency_ms\n{rows}\n",
+                          headers={"Content-Type": "text/csv"})
+    assert response.status_code == 202, response.text
+    job = wait_for(alpha, response.json()["status_url"])
+    assert job["summary"]["events"] == 2000 and job["summary"]["model"]["rows"] == 2000
+
+    body = (f"event_type,timestamp,event_id,latency_ms\n{event_type},2026-11-23T12:00:00Z,a,51\n"
+            f"{event_type},1790000000,b,95\n")
+    response = alpha.post("/v1/jobs", content=body, headers={"Content-Type": "text/csv"})
+    assert response.status_code == 202, response.text
+    job = wait_for(alpha, response.json()["status_url"])
+    assert [(r["event_id"], r["valid"]) for r in job["results"]] == [("a", True), ("b", False)]
+
+
+def test_on_demand_training_makes_a_new_version(alpha, event_type):
+    seed(alpha, event_type)
+    response = alpha.post(f"/v1/event-types/{event_type}/model")
+    assert response.status_code == 202
+    job = wait_for(alpha, response.json()["status_url"])
+    assert job["status"] == "succeeded" and job["summary"]["model"]["version"] == 2
+    assert alpha.get(f"/v1/event-types/{event_type}/model").json()["version"] == 2
+
+
+def test_training_without_history_fails_with_a_reason(alpha, event_type):
+    response = alpha.post(f"/v1/event-types/{event_type}/model")
+    job = wait_for(alpha, response.json()["status_url"])
+    assert job["status"] == "failed"
+    assert job["error"] == "0 events of history; the anomaly model needs 50"
