@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from celery import shared_task
-from celery.utils.time import get_exponential_backoff_interval
 from standardwebhooks import Webhook
 
 from tasks import store
@@ -56,6 +56,13 @@ def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
     return response
 
 
+def retry_delay(base_s: float, retries: int, cap_s: float) -> float:
+    """Exponential backoff with full jitter (as Celery's retry_backoff, but in fractions of a
+    second too). Capped below the broker's visibility timeout: a countdown longer than it
+    makes the Redis transport deliver the task twice."""
+    return random.uniform(0, min(cap_s, base_s * 2**retries))
+
+
 @shared_task(bind=True, name="vigil.deliver_webhook", ignore_result=True)
 def deliver_webhook(self, tenant: str, job_id: str) -> str:
     r, cfg = redis_client(), settings()
@@ -76,11 +83,8 @@ def deliver_webhook(self, tenant: str, job_id: str) -> str:
                                                       "attempt": attempt, "error": str(exc)})
         if final:
             return "failed"
-        # Celery's exponential backoff with full jitter, capped below the visibility timeout:
-        # a countdown longer than it makes the Redis transport deliver the task twice.
-        countdown = get_exponential_backoff_interval(
-            factor=cfg.webhook_backoff_s, retries=self.request.retries,
-            maximum=max(1, min(3600, cfg.visibility_timeout_s // 2)), full_jitter=True)
+        countdown = retry_delay(cfg.webhook_backoff_s, self.request.retries,
+                                cap_s=cfg.visibility_timeout_s / 2)
         raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
     store.set_webhook_state(r, tenant, job_id, {
         "status": "delivered", "attempts": attempt, "http_status": response.status_code,

@@ -1,0 +1,120 @@
+"""A finished job is POSTed to its callback_url, signed, and retried while the receiver fails."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from helpers import WEBHOOK_SECRET, wait_for
+from standardwebhooks import Webhook, WebhookVerificationError
+
+
+class Receiver:
+    """A local HTTP server that answers each POST with the next queued status (then 204)."""
+
+    def __init__(self):
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.statuses: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append((dict(self.headers), body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(self.received) >= count, f"got {len(self.received)} of {count} deliveries"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    receiver = Receiver()
+    yield receiver
+    receiver.server.shutdown()
+
+
+def submit(client, event_type: str, callback_url: str) -> str:
+    response = client.post("/v1/jobs", json={"callback_url": callback_url, "events": [
+        {"event_type": event_type, "timestamp": 1_790_000_000, "payload": {"x": 1.5}}]})
+    assert response.status_code == 202, response.text
+    return response.json()["job_id"]
+
+
+def test_finished_job_is_delivered_signed(alpha, event_type, receiver):
+    job_id = submit(alpha, event_type, receiver.url)
+    receiver.wait(1)
+    headers, body = receiver.received[0]
+    # Raises unless the signature over id.timestamp.body matches the shared secret.
+    payload = Webhook(WEBHOOK_SECRET).verify(body, headers)
+    assert headers["webhook-id"] == f"msg_{job_id}"
+    assert payload["type"] == "job.completed"
+    assert payload["data"]["job_id"] == job_id
+    assert payload["data"]["status"] == "succeeded"
+    assert payload["data"]["results"][0]["valid"] is True
+
+    with pytest.raises(WebhookVerificationError):
+        Webhook("whsec_" + "b3RoZXItc2VjcmV0LW90aGVyLXNlY3JldA==").verify(body, headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(WEBHOOK_SECRET).verify(body.replace(b"succeeded", b"failed"), headers)
+
+    job = wait_for(alpha, f"/v1/jobs/{job_id}")
+    deadline = time.monotonic() + 10
+    while (job.get("webhook") or {}).get("status") != "delivered" and time.monotonic() < deadline:
+        time.sleep(0.05)
+        job = alpha.get(f"/v1/jobs/{job_id}").json()
+    assert job["webhook"] == {"status": "delivered", "attempts": 1, "http_status": 204,
+                              "message_id": f"msg_{job_id}"}
+
+
+def test_failing_receiver_is_retried_with_the_same_id_until_it_accepts(alpha, event_type,
+                                                                        receiver):
+    receiver.statuses = [500, 503]
+    job_id = submit(alpha, event_type, receiver.url)
+    receiver.wait(3)
+    ids = {headers["webhook-id"] for headers, _ in receiver.received}
+    assert ids == {f"msg_{job_id}"}
+    for headers, body in receiver.received:
+        Webhook(WEBHOOK_SECRET).verify(body, headers)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        webhook = alpha.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        if webhook and webhook["status"] == "delivered":
+            break
+        time.sleep(0.05)
+    assert webhook["status"] == "delivered" and webhook["attempts"] == 3
+
+
+def test_delivery_that_never_succeeds_is_kept_as_failed(alpha, event_type, receiver):
+    receiver.statuses = [500] * 10
+    job_id = submit(alpha, event_type, receiver.url)
+    receiver.wait(4)  # VIGIL_WEBHOOK_MAX_ATTEMPTS=4 in the test environment
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        webhook = alpha.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        if webhook and webhook["status"] == "failed":
+            break
+        time.sleep(0.05)
+    assert webhook == {"status": "failed", "attempts": 4,
+                       "last_error": "receiver answered HTTP 500",
+                       "message_id": f"msg_{job_id}"}
+    time.sleep(1)
+    assert len(receiver.received) == 4
+    assert json.loads(receiver.received[-1][1])["data"]["job_id"] == job_id
