@@ -1,0 +1,97 @@
+"""Moments merge exactly like numpy on the concatenation; z-scores against a baseline."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from ml.stats import Moments, baseline_frame, frame_moments, zscores
+
+
+def assert_matches_numpy(m, values, rel=1e-9):
+    assert m.n == values.size
+    assert m.mean == pytest.approx(np.mean(values), rel=rel)
+    assert m.variance == pytest.approx(np.var(values), rel=rel)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_merge_of_two_parts_equals_numpy_on_concatenation(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.normal(loc=rng.uniform(-50, 50), scale=rng.uniform(0.1, 20), size=500)
+    for cut in (0, 1, int(rng.integers(2, 499)), 499, 500):  # includes empty sides
+        left, right = values[:cut], values[cut:]
+        assert_matches_numpy(Moments.of(left).merge(Moments.of(right)), values)
+
+
+def test_merge_with_large_offset_stays_exact_where_naive_formula_fails():
+    rng = np.random.default_rng(42)
+    values = 1e9 + rng.normal(size=10_000)
+    naive = (values ** 2).sum() / values.size - values.mean() ** 2
+    assert abs(naive - np.var(values)) / np.var(values) > 1e-2  # the trap is real
+    for cut in (0, 3, 5000, 9999, 10_000):
+        merged = Moments.of(values[:cut]).merge(Moments.of(values[cut:]))
+        assert merged.n == values.size
+        assert merged.variance == pytest.approx(np.var(values), rel=1e-6)
+        assert merged.mean == pytest.approx(np.mean(values), rel=1e-12)
+
+
+def test_merge_order_does_not_matter_over_ten_chunks():
+    rng = np.random.default_rng(7)
+    values = 1e6 + rng.normal(scale=3.0, size=3000)
+    chunks = np.split(values, np.sort(rng.choice(np.arange(1, 3000), size=9, replace=False)))
+    parts = [Moments.of(c) for c in chunks]
+
+    left = Moments()
+    for p in parts:
+        left = left.merge(p)
+    right = Moments()
+    for p in reversed(parts):
+        right = p.merge(right)
+    shuffled = Moments()
+    for i in rng.permutation(len(parts)):
+        shuffled = shuffled.merge(parts[i])
+    pairs = parts
+    while len(pairs) > 1:  # tree-wise
+        pairs = [pairs[i].merge(pairs[i + 1]) if i + 1 < len(pairs) else pairs[i]
+                 for i in range(0, len(pairs), 2)]
+
+    for m in (left, right, shuffled, pairs[0]):
+        assert_matches_numpy(m, values, rel=1e-9)
+
+
+def test_of_ignores_nan_and_inf():
+    m = Moments.of(np.array([1.0, np.nan, 2.0, np.inf, 3.0, -np.inf]))
+    assert (m.n, m.mean, m.variance) == (3, 2.0, pytest.approx(2 / 3))
+    empty = Moments.of([np.nan, np.inf])
+    assert empty.n == 0 and np.isnan(empty.variance) and np.isnan(empty.std)
+
+
+def test_frame_moments_skips_all_nan_columns():
+    frame = pd.DataFrame({"a": [1.0, np.nan, 3.0], "b": [np.nan] * 3})
+    moments = frame_moments(frame)
+    assert set(moments) == {"a"}
+    assert (moments["a"].n, moments["a"].mean) == (2, 2.0)
+
+
+def test_zscores_edge_cases():
+    history_y = np.array([1.0, 2.0, 3.0, 4.0])
+    baseline = baseline_frame({"x": Moments.of([5.0, 5.0, 5.0]), "y": Moments.of(history_y)})
+    values = pd.DataFrame({"x": [5.0, 6.0, 4.0], "y": [2.5, np.nan, 10.0], "w": [1.0, 2.0, 3.0]})
+
+    z = zscores(values, baseline)
+
+    assert list(z.columns) == ["x", "y", "w"]
+    # Constant history: equal scores 0, anything else is infinitely far, with its sign.
+    assert z["x"].tolist() == [0.0, np.inf, -np.inf]
+    # Normal case: (x - mean) / population std; a missing cell stays NaN.
+    mean, std = history_y.mean(), history_y.std()
+    assert z.at[0, "y"] == pytest.approx((2.5 - mean) / std)
+    assert np.isnan(z.at[1, "y"])
+    assert z.at[2, "y"] == pytest.approx((10.0 - mean) / std)
+    # No baseline row for the field: a NaN column.
+    assert z["w"].isna().all()
+
+
+def test_zscores_without_any_baseline_is_all_nan():
+    values = pd.DataFrame({"a": [1.0, 2.0]})
+    z = zscores(values, baseline_frame({}))
+    assert z.shape == values.shape and z.isna().all().all()

@@ -1,0 +1,338 @@
+"""`vigil`: submit events, import history, follow jobs and read baselines from a terminal.
+
+Exit codes: 0 done; 1 the job failed or was cancelled; 2 bad usage, a bad file or a 4xx
+answer; 3 Vigil unreachable or a 5xx answer; 130 interrupted while waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tqdm import tqdm
+
+from vigil_client.client import DEFAULT_URL, FINISHED, Client, VigilError, read_events
+
+DEV_KEY = "vigil-dev-key"
+
+EPILOG = """\
+examples:
+  vigil history import checkout history.csv --wait
+  vigil submit events.csv --wait
+  vigil results JOB_ID --csv > verdicts.csv
+  vigil baseline checkout
+
+environment: VIGIL_URL (default %s), VIGIL_API_KEY.
+exit codes: 0 ok, 1 job failed or cancelled, 2 bad usage or request, 3 Vigil unreachable or 5xx.
+""" % DEFAULT_URL
+
+
+class CliError(Exception):
+    """A problem found before or after talking to Vigil; printed as `vigil: <message>`."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
+
+
+# -- output helpers ------------------------------------------------------------------------
+
+
+def out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def dump(data: Any) -> None:
+    out(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if value != 0 and (abs(value) >= 1e7 or abs(value) < 1e-3):
+        return f"{value:.4g}"
+    return f"{value:.4f}"
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: set[int]) -> str:
+    """Plain aligned columns; columns in ``right`` (indexes) are right-aligned."""
+    cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+
+    def line(row: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def without_results(job: dict) -> dict:
+    return {k: v for k, v in job.items() if k != "results"}
+
+
+# -- jobs ----------------------------------------------------------------------------------
+
+
+def accepted_message(client: Client, accepted: dict, what: str) -> None:
+    out(f"{what}: job {accepted['job_id']} {accepted['status']}")
+    out(f"status: {client.url(accepted['status_url'])}")
+
+
+def wait_with_progress(client: Client, job_id: str) -> dict:
+    """Wait for the job, drawing a progress bar on stderr while it has events to count."""
+    bar: tqdm | None = None
+
+    def on_progress(job: dict) -> None:
+        nonlocal bar
+        progress = job.get("progress") or {}
+        total, done = progress.get("total") or 0, progress.get("done") or 0
+        if bar is None and total > 0:
+            bar = tqdm(total=total, file=sys.stderr, unit="event", desc=job.get("status"),
+                       leave=True, mininterval=0.2)
+        if bar is not None:
+            bar.set_description_str(job.get("status") or "", refresh=False)
+            bar.update(max(0, min(done, total) - bar.n))
+
+    try:
+        return client.wait(job_id, on_progress=on_progress)
+    except KeyboardInterrupt:
+        raise CliError(f"stopped waiting; job {job_id} carries on (vigil status {job_id})",
+                       130) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def finish(job: dict, args: argparse.Namespace, describe: Callable[[dict], str]) -> int:
+    """Print the finished job (summary line, or JSON) and turn its status into an exit code."""
+    if args.json:
+        dump(without_results(job))
+    elif job["status"] == "succeeded":
+        out(f"succeeded: {describe(job.get('summary') or {})}")
+    else:
+        reason = job.get("error") or ("cancelled before it finished" if job["status"] == "cancelled"
+                                      else "no reason recorded")
+        out(f"{job['status']}: {reason}")
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def describe_validation(summary: dict) -> str:
+    text = f"{summary.get('valid', 0)} valid, {summary.get('invalid', 0)} invalid"
+    warnings = summary.get("warnings") or {}
+    if warnings:
+        text += " (" + ", ".join(f"{code}: {n}" for code, n in sorted(
+            warnings.items(), key=lambda item: (-item[1], item[0]))) + ")"
+    return text
+
+
+def describe_model(summary: dict) -> str:
+    model = summary.get("model")
+    if not model:
+        return f"no model yet ({summary.get('model_note') or 'not enough history'})"
+    features = ", ".join(model.get("features") or [])
+    return f"model v{model.get('version')} trained on {model.get('rows')} rows (features: {features})"
+
+
+def describe_history(summary: dict) -> str:
+    fields = ", ".join(summary.get("fields") or []) or "none"
+    return f"{summary.get('events', 0)} events imported (fields: {fields}); {describe_model(summary)}"
+
+
+def submitted(client: Client, args: argparse.Namespace, accepted: dict, what: str,
+              describe: Callable[[dict], str]) -> int:
+    if not args.wait:
+        if args.json:
+            dump(accepted)
+        else:
+            accepted_message(client, accepted, what)
+        return 0
+    if not args.json:
+        accepted_message(client, accepted, what)
+    return finish(wait_with_progress(client, accepted["job_id"]), args, describe)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+def cmd_submit(client: Client, args: argparse.Namespace) -> int:
+    loaded = load(args.file)
+    if loaded.csv is not None:
+        accepted = client.submit(csv=loaded.csv, callback_url=args.callback)
+    else:
+        accepted = client.submit(loaded.events, callback_url=args.callback or loaded.callback_url)
+    return submitted(client, args, accepted, "submitted", describe_validation)
+
+
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    job = client.job(args.job)
+    dump(job if args.results else without_results(job))
+    return 0
+
+
+def cmd_results(client: Client, args: argparse.Namespace) -> int:
+    if args.csv:
+        text = client.results_csv(args.job)
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        return 0
+    job = client.job(args.job)
+    if "results" not in job:
+        why = f": {job['error']}" if job.get("error") else ""
+        hint = "" if job["status"] in FINISHED else f" (vigil status {args.job})"
+        raise CliError(f"job {args.job} is {job['status']}{why}; results exist once it "
+                       f"succeeded{hint}")
+    dump(job["results"])
+    return 0
+
+
+def cmd_history_import(client: Client, args: argparse.Namespace) -> int:
+    if args.file == "-":
+        source: Any = {"events": load("-").events}
+    else:
+        source = args.file
+    accepted = client.import_history(args.event_type, source)
+    return submitted(client, args, accepted, "history import", describe_history)
+
+
+def cmd_baseline(client: Client, args: argparse.Namespace) -> int:
+    baseline = client.baseline(args.event_type)
+    if args.json:
+        dump(baseline)
+        return 0
+    rows = [(f["field"], f["count"], number(f["mean"]), number(f["std"]),
+             "yes" if f["checked"] else "no") for f in baseline["fields"]]
+    out(table(("field", "count", "mean", "std", "checked"), rows, right={1, 2, 3}))
+    out(f"\nfields are checked once they have {baseline['min_history']} values of history")
+    return 0
+
+
+def cmd_train(client: Client, args: argparse.Namespace) -> int:
+    accepted = client.train(args.event_type)
+    return submitted(client, args, accepted, "training", describe_model)
+
+
+def cmd_types(client: Client, args: argparse.Namespace) -> int:
+    types = client.event_types()
+    if args.json:
+        dump(types)
+    elif not types:
+        out("no event types yet; import history with: vigil history import TYPE FILE")
+    else:
+        rows = [(t["event_type"], t["events"],
+                 "-" if t.get("model_version") is None else f"v{t['model_version']}")
+                for t in types]
+        out(table(("event type", "events", "model"), rows, right={1}))
+    return 0
+
+
+def load(path: str):
+    try:
+        return read_events(path, sys.stdin.read() if path == "-" else None)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Global options work before or after the command: the subcommands share them with
+    # SUPPRESS defaults, so they only set what was actually given there.
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument("--url", default=argparse.SUPPRESS,
+                        help=f"Vigil's base URL (env VIGIL_URL, default {DEFAULT_URL})")
+    shared.add_argument("--key", default=argparse.SUPPRESS, help="API key (env VIGIL_API_KEY)")
+    shared.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print raw JSON instead of tables and summaries")
+
+    parser = argparse.ArgumentParser(
+        prog="vigil", description="Validate events with Vigil and follow the jobs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[shared])
+    parser.set_defaults(url=None, key=None, json=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable, help_text: str, sub=commands) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[shared], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("submit", cmd_submit, "validate a batch of events from a file")
+    p.add_argument("file", metavar="FILE",
+                   help=".csv (event_type, timestamp, [event_id,] fields…), .json (a list of "
+                        "events or {\"events\": [...]}), or - for JSON on stdin")
+    p.add_argument("--wait", action="store_true", help="show progress and wait for the verdicts")
+    p.add_argument("--callback", metavar="URL", help="webhook URL POSTed the finished job")
+
+    p = command("status", cmd_status, "print a job as JSON")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--results", action="store_true", help="include the per-event results")
+
+    p = command("results", cmd_results, "print a finished job's results")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--csv", action="store_true", help="as CSV instead of JSON")
+
+    history = commands.add_parser("history", help="an event type's history",
+                                  description="An event type's history.")
+    history_commands = history.add_subparsers(dest="history_command", required=True,
+                                              metavar="COMMAND")
+    p = command("import", cmd_history_import, "import history (seeds baselines, trains the model)",
+                sub=history_commands)
+    p.add_argument("event_type", metavar="TYPE")
+    p.add_argument("file", metavar="FILE",
+                   help=".csv (timestamp plus field columns), .json ({\"events\": [{timestamp, "
+                        "payload}]} or a list), or - for JSON on stdin")
+    p.add_argument("--wait", action="store_true", help="show progress and wait for the import")
+
+    p = command("baseline", cmd_baseline, "per-field count, mean and std of an event type")
+    p.add_argument("event_type", metavar="TYPE")
+
+    p = command("train", cmd_train, "train an event type's anomaly model now")
+    p.add_argument("event_type", metavar="TYPE")
+    p.add_argument("--wait", action="store_true", help="wait for the new model")
+
+    command("types", cmd_types, "event types with their history counts and models")
+    return parser
+
+
+def resolve_key(given: str | None) -> str | None:
+    if given:
+        return given
+    if os.environ.get("VIGIL_API_KEY"):
+        return os.environ["VIGIL_API_KEY"]
+    if os.environ.get("VIGIL_ENV", "development").strip().lower() != "production":
+        return DEV_KEY
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2): return, do not exit
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    try:
+        with Client(args.url, resolve_key(args.key)) as client:
+            return args.handler(client, args)
+    except VigilError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 3 if exc.status == 0 or exc.status >= 500 else 2
+    except CliError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return exc.code
+    except TimeoutError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 3
+    except ValueError as exc:
+        print(f"vigil: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
