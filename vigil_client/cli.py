@@ -243,19 +243,25 @@ def load(path: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Global options work before or after the command: the subcommands share them with
-    # SUPPRESS defaults, so they only set what was actually given there.
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument("--url", default=argparse.SUPPRESS,
-                        help=f"Vigil's base URL (env VIGIL_URL, default {DEFAULT_URL})")
-    shared.add_argument("--key", default=argparse.SUPPRESS, help="API key (env VIGIL_API_KEY)")
-    shared.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="print raw JSON instead of tables and summaries")
+    # Global options work before or after the command. Each subcommand has its own copies
+    # with SUPPRESS defaults, so they only set what was actually given there (separate
+    # action objects: set_defaults on a parser changes the defaults of the actions it holds).
+    def global_options(target: argparse.ArgumentParser, suppress: bool) -> None:
+        def default(value: Any) -> Any:
+            return argparse.SUPPRESS if suppress else value
 
+        target.add_argument("--url", default=default(None),
+                            help=f"Vigil's base URL (env VIGIL_URL, default {DEFAULT_URL})")
+        target.add_argument("--key", default=default(None), help="API key (env VIGIL_API_KEY)")
+        target.add_argument("--json", action="store_true", default=default(False),
+                            help="print raw JSON instead of tables and summaries")
+
+    shared = argparse.ArgumentParser(add_help=False)
+    global_options(shared, suppress=True)
     parser = argparse.ArgumentParser(
         prog="vigil", description="Validate events with Vigil and follow the jobs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[shared])
-    parser.set_defaults(url=None, key=None, json=False)
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, handler: Callable, help_text: str, sub=commands) -> argparse.ArgumentParser:
@@ -332,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("vigil: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
