@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -27,10 +28,11 @@ def _parse_api_keys(raw: str) -> dict[str, str]:
     Keys are kept only as digests so a lookup compares digests, never raw secrets.
     """
     tenants: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
+    for index, item in enumerate(filter(None, (part.strip() for part in raw.split(",")))):
         tenant, sep, key = item.partition(":")
         if not sep or not tenant.strip() or not key.strip():
-            raise ConfigError(f"VIGIL_API_KEYS entry {item.split(':')[0]!r}... is not 'tenant:key'")
+            # Never echo the entry: without its ':' it may be a bare secret.
+            raise ConfigError(f"VIGIL_API_KEYS entry #{index + 1} is not 'tenant:key'")
         tenant = tenant.strip()
         if not TENANT_NAME.fullmatch(tenant):
             # Tenant names are part of Redis key names (core.keys): no ':' or spaces.
@@ -129,8 +131,8 @@ class Settings:
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
                 )
-        if self.z_threshold <= 0:
-            raise ConfigError("VIGIL_Z_THRESHOLD must be positive")
+        if not (math.isfinite(self.z_threshold) and self.z_threshold > 0):
+            raise ConfigError("VIGIL_Z_THRESHOLD must be a positive finite number")
         if self.min_history < 2:
             raise ConfigError("VIGIL_MIN_HISTORY must be at least 2")
         if not 0 < self.anomaly_contamination < 0.5:

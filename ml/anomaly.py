@@ -25,10 +25,10 @@ class AnomalyModel(BaseEstimator):
         self.random_state = random_state
 
     def fit(self, X: pd.DataFrame, y: None = None) -> AnomalyModel:
-        X = X.astype(float).dropna(axis="columns", how="all")
+        X = X.rename(columns=str).astype(float).dropna(axis="columns", how="all")
         if X.shape[0] < 2 or X.shape[1] == 0:
             raise ValueError("need at least 2 rows and 1 numeric column to fit")
-        self.features_: list[str] = [str(c) for c in X.columns]
+        self.features_: list[str] = list(X.columns)
         # A missing field is filled with its typical value, so absence alone is not an anomaly.
         self.medians_: np.ndarray = X.median().to_numpy(dtype=float)
         self.n_rows_: int = int(X.shape[0])
@@ -41,7 +41,7 @@ class AnomalyModel(BaseEstimator):
         return self
 
     def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        matrix = X.reindex(columns=self.features_).to_numpy(dtype=float)
+        matrix = X.rename(columns=str).reindex(columns=self.features_).to_numpy(dtype=float)
         missing = np.isnan(matrix)
         if missing.any():
             matrix = np.where(missing, self.medians_, matrix)

@@ -22,7 +22,10 @@ def numeric_leaves(payload: Mapping, prefix: str = "") -> dict[str, float]:
         if isinstance(value, Mapping):
             leaves.update(numeric_leaves(value, name + SEPARATOR))
         elif isinstance(value, Real) and not isinstance(value, bool):
-            number = float(value)
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond float range is not a usable measurement
+                continue
             if math.isfinite(number):
                 leaves[name] = number
     return leaves

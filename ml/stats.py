@@ -70,12 +70,18 @@ def baseline_frame(baselines: dict[str, Moments]) -> pd.DataFrame:
     )
 
 
+# Relative size of float rounding error in a mean or std of many values.
+ROUNDING = 1e-9
+
+
 def zscores(values: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     """(value - mean) / std for every cell, against the baseline row of its column.
 
     NaN where the value is missing or the field has no baseline. Where the history is
     constant (std 0) a value equal to it scores 0 and any other value +/-inf: it is as far
-    from a history that never varied as a value can be.
+    from a history that never varied as a value can be. Differences within rounding error
+    of the mean (relative 1e-9) count as none, so a history of 0.1s, whose float mean and
+    std carry rounding noise, is constant and 0.1 matches it.
     """
     fields = [c for c in values.columns if c in baseline.index]
     z = pd.DataFrame(np.nan, index=values.index, columns=values.columns)
@@ -83,7 +89,10 @@ def zscores(values: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
         return z
     mean = baseline.loc[fields, "mean"].to_numpy(dtype=float)
     std = baseline.loc[fields, "std"].to_numpy(dtype=float)
+    noise = ROUNDING * np.abs(mean)
+    std = np.where(std > noise, std, 0.0)
     diff = values[fields].to_numpy(dtype=float) - mean
+    diff = np.where(np.abs(diff) <= noise, 0.0, diff)  # NaN (missing) stays NaN
     with np.errstate(divide="ignore", invalid="ignore"):
         scored = np.where(std > 0, diff / np.where(std > 0, std, 1.0),
                           np.where(diff == 0, 0.0, np.sign(diff) * np.inf))

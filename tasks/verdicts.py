@@ -29,7 +29,7 @@ def _finite_or_none(x: float) -> float | None:
 def _out_of_range(field: str, value: float, mean: float, std: float, z: float,
                   limit: float) -> dict:
     low, high = mean - limit * std, mean + limit * std
-    if std > 0:
+    if math.isfinite(z):
         message = (f"{field}={value:g} is {z:+.2f} standard deviations from its mean {mean:g} "
                    f"(std {std:g}); expected within [{low:g}, {high:g}]")
     else:

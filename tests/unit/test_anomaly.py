@@ -92,9 +92,6 @@ def test_fit_refuses_too_little_data(X):
         AnomalyModel().fit(X)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fit stores features_ as str(column) but reindexes "
-                   "X by those strings, so non-string column labels (e.g. 0, 1) become all-NaN, "
-                   "are filled with medians and the forest learns a constant: every row scores 0.5")
 def test_fit_with_integer_column_labels_still_separates_outliers():
     X = pd.DataFrame(np.random.default_rng(0).normal(size=(500, 2)))
     model = AnomalyModel().fit(X)

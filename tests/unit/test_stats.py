@@ -75,13 +75,15 @@ def test_frame_moments_skips_all_nan_columns():
 def test_zscores_edge_cases():
     history_y = np.array([1.0, 2.0, 3.0, 4.0])
     baseline = baseline_frame({"x": Moments.of([5.0, 5.0, 5.0]), "y": Moments.of(history_y)})
-    values = pd.DataFrame({"x": [5.0, 6.0, 4.0], "y": [2.5, np.nan, 10.0], "w": [1.0, 2.0, 3.0]})
+    values = pd.DataFrame({"x": [5.0, 6.0, 4.0, np.nan], "y": [2.5, np.nan, 10.0, 4.0],
+                           "w": [1.0, 2.0, 3.0, 4.0]})
 
     z = zscores(values, baseline)
 
     assert list(z.columns) == ["x", "y", "w"]
     # Constant history: equal scores 0, anything else is infinitely far, with its sign.
-    assert z["x"].tolist() == [0.0, np.inf, -np.inf]
+    assert z["x"].tolist()[:3] == [0.0, np.inf, -np.inf]
+    assert np.isnan(z.at[3, "x"])  # missing stays NaN even against a constant history
     # Normal case: (x - mean) / population std; a missing cell stays NaN.
     mean, std = history_y.mean(), history_y.std()
     assert z.at[0, "y"] == pytest.approx((2.5 - mean) / std)

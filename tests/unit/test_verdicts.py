@@ -102,18 +102,12 @@ def test_constant_history_and_a_different_value():
     json.dumps(other, allow_nan=False)  # the verdict is valid JSON: no Infinity anywhere
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Moments.of(30 x 0.1) has mean 0.10000000000000003 "
-                   "and std 2.8e-17, not 0, so a constant decimal history is not treated as "
-                   "constant: z is 3.6e15 and the message talks of standard deviations")
 def test_constant_decimal_history_is_treated_as_constant():
     baseline = {"fee": Moments.of(np.full(30, 0.1))}
     [verdict] = judge({"fee": [0.2]}, baseline)
     assert verdict["warnings"][0]["z"] is None
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rounding noise in a constant 0.1 history gives "
-                   "std ~1e-17, so the very same value 0.1 scores z=-1.03 and is rejected "
-                   "whenever z_threshold <= 1.03")
 def test_value_equal_to_a_constant_history_is_valid_at_any_threshold():
     baseline = {"fee": Moments.of([0.1, 0.1, 0.1]).merge(Moments.of([0.1]))}
     [verdict] = judge({"fee": [0.1]}, baseline, Judge(1.0, 2, 50))
