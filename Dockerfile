@@ -13,6 +13,8 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY . .
+# The `vigil` command-line tool, for `docker compose exec api vigil ...`.
+RUN pip install --no-cache-dir --no-deps .
 
 # Run unprivileged; the app writes nothing under /app at runtime.
 RUN useradd --create-home --uid 10001 vigil

@@ -15,8 +15,8 @@ help:
 	@echo "  distclean  clean, and remove $(VENV)"
 
 # The stamp makes `install` a no-op until requirements.txt changes.
-$(VENV)/.installed: requirements.txt
-	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --upgrade pip -q && $(VENV)/bin/pip install -r requirements.txt -q && touch $@
+$(VENV)/.installed: requirements.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install --upgrade pip -q && $(VENV)/bin/pip install -r requirements.txt -q && $(VENV)/bin/pip install -e . --no-deps -q && touch $@
 
 install: $(VENV)/.installed
 

@@ -19,16 +19,16 @@ from vigil_client.client import DEFAULT_URL, FINISHED, Client, VigilError, read_
 
 DEV_KEY = "vigil-dev-key"
 
-EPILOG = """\
+EPILOG = f"""\
 examples:
   vigil history import checkout history.csv --wait
   vigil submit events.csv --wait
   vigil results JOB_ID --csv > verdicts.csv
   vigil baseline checkout
 
-environment: VIGIL_URL (default %s), VIGIL_API_KEY.
+environment: VIGIL_URL (default {DEFAULT_URL}), VIGIL_API_KEY.
 exit codes: 0 ok, 1 job failed or cancelled, 2 bad usage or request, 3 Vigil unreachable or 5xx.
-""" % DEFAULT_URL
+"""
 
 
 class CliError(Exception):

@@ -1,0 +1,259 @@
+"""The `vigil` command-line tool and the Python client against the real stack (Redis, worker, API).
+
+The CLI runs in-process through main([...]); capsys captures what it prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+import httpx
+import numpy as np
+import pytest
+from helpers import KEYS
+
+import vigil_client.client as client_module
+from core.localredis import free_port
+from vigil_client import Client, VigilError
+from vigil_client.cli import DEV_KEY, main, resolve_key
+
+T0 = 1_790_000_000  # epoch seconds
+
+
+@pytest.fixture
+def vigil(api_url, worker, capsys):
+    """Run `vigil --url <api> --key <alpha's key> ARGS...`; returns (exit code, stdout, stderr)."""
+
+    def run(*args: object, key: str = KEYS["alpha"]) -> tuple[int, str, str]:
+        code = main(["--url", api_url, "--key", key, *map(str, args)])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    return run
+
+
+def history_csv(path, n: int = 300, seed: int = 3) -> np.ndarray:
+    """n rows of history: timestamp (epoch seconds) and amount ~ N(100, 10)."""
+    amounts = np.random.default_rng(seed).normal(100, 10, n)
+    lines = ["timestamp,amount"] + [f"{T0 + 60 * i},{a:.6f}" for i, a in enumerate(amounts)]
+    path.write_text("\n".join(lines) + "\n")
+    return np.round(amounts, 6)
+
+
+def job_id_from(stdout: str) -> str:
+    match = re.search(r"job ([0-9a-f]{32}) queued", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+def test_import_submit_results_baseline_status_and_train(vigil, event_type, tmp_path):
+    amounts = history_csv(tmp_path / "history.csv")
+    code, out, err = vigil("history", "import", event_type, tmp_path / "history.csv", "--wait")
+    assert code == 0, err
+    assert "succeeded: 300 events imported (fields: amount); model v1 trained on 300 rows" in out
+
+    batch = tmp_path / "batch.csv"
+    batch.write_text(f"event_type,timestamp,event_id,amount\n"
+                     f"{event_type},{T0 + 100_000},typical,101.5\n"
+                     f"{event_type},2026-11-23T12:00:00Z,extreme,400\n")
+    code, out, err = vigil("submit", batch, "--wait")
+    assert code == 0, err
+    job_id = job_id_from(out)
+    assert f"/v1/jobs/{job_id}" in out
+    assert "succeeded: 1 valid, 1 invalid (" in out and "out_of_range: 1" in out
+
+    code, out, err = vigil("results", job_id, "--csv")
+    assert code == 0, err
+    rows = {row["event_id"]: row for row in csv.DictReader(io.StringIO(out))}
+    assert rows["typical"]["valid"] == "True" and rows["typical"]["warning_codes"] == ""
+    assert rows["extreme"]["valid"] == "False"
+    assert "out_of_range" in rows["extreme"]["warning_codes"].split(";")
+
+    code, out, err = vigil("results", job_id)
+    assert code == 0, err
+    assert [r["valid"] for r in json.loads(out)] == [True, False]
+
+    # The typical event joined the history; the extreme one did not.
+    code, out, err = vigil("baseline", event_type)
+    assert code == 0, err
+    header, rule, row = out.splitlines()[:3]
+    assert header.split() == ["field", "count", "mean", "std", "checked"]
+    field, count, mean, std, checked = row.split()
+    accepted = np.append(amounts, 101.5)
+    assert (field, count, checked) == ("amount", "301", "yes")
+    assert float(mean) == pytest.approx(accepted.mean(), abs=1e-4)
+    assert float(std) == pytest.approx(accepted.std(), abs=1e-4)
+    code, out, _ = vigil("--json", "baseline", event_type)
+    assert json.loads(out)["fields"][0]["count"] == 301
+
+    code, out, err = vigil("status", job_id)
+    assert code == 0, err
+    job = json.loads(out)
+    assert job["job_id"] == job_id and job["status"] == "succeeded" and "results" not in job
+    assert job["summary"]["invalid"] == 1
+    code, out, _ = vigil("status", job_id, "--results")
+    assert len(json.loads(out)["results"]) == 2
+
+    code, out, err = vigil("types")
+    assert code == 0, err
+    assert re.search(rf"^{re.escape(event_type)}\s+301\s+v1$", out, re.MULTILINE), out
+
+    code, out, err = vigil("train", event_type, "--wait")
+    assert code == 0, err
+    assert "succeeded: model v2 trained on 301 rows (features: amount)" in out
+    code, out, err = vigil("train", event_type, "--wait", "--json")  # options after the command too
+    assert code == 0, err
+    assert json.loads(out)["summary"]["model"]["version"] == 3
+
+
+def test_failed_job_exits_1_with_its_error(vigil, event_type, tmp_path):
+    (tmp_path / "short.json").write_text(json.dumps(
+        {"events": [{"timestamp": T0 + i, "payload": {"amount": float(i)}} for i in range(10)]}))
+    code, out, err = vigil("history", "import", event_type, tmp_path / "short.json", "--wait")
+    assert code == 0, err
+    assert "no model yet (10 events of history; the anomaly model needs 50)" in out
+
+    code, out, err = vigil("train", event_type, "--wait")
+    assert code == 1, (out, err)
+    assert "failed: 10 events of history; the anomaly model needs 50" in out
+
+
+def test_bad_files_exit_2_naming_the_problem(vigil, event_type, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([
+        {"event_type": event_type, "timestamp": 1_790_000_000, "payload": {"amount": 1}},
+        {"event_type": event_type, "timestamp": "yesterday", "payload": {"amount": 2}}]))
+    code, out, err = vigil("submit", bad, "--wait")
+    assert (code, out) == (2, "")
+    assert err.startswith("vigil: 422 Unprocessable Entity: Some fields are invalid")
+    assert "\n  json.events.1.timestamp: Not a timestamp" in err
+
+    history = tmp_path / "history.json"
+    history.write_text(json.dumps({"events": [{"timestamp": "soon", "payload": {"amount": 1}}]}))
+    code, _, err = vigil("history", "import", event_type, history)
+    assert code == 2 and "json.events.0.timestamp: Not a timestamp" in err
+
+    (tmp_path / "broken.json").write_text("[{")
+    code, _, err = vigil("submit", tmp_path / "broken.json")
+    assert code == 2 and "broken.json is not valid JSON" in err
+    code, _, err = vigil("submit", tmp_path / "missing.csv")
+    assert code == 2 and "cannot read" in err and "missing.csv" in err
+    code, _, err = vigil("submit", tmp_path / "events.txt")
+    assert code == 2 and "expected a .csv or .json file" in err
+    code, _, err = vigil("baseline", event_type)
+    assert code == 2 and f"404 Not Found: No history for event type '{event_type}' yet." in err
+
+
+def test_submit_json_from_stdin(vigil, event_type, monkeypatch):
+    events = [{"event_type": event_type, "timestamp": T0, "event_id": "s-1", "payload": {"amount": 1}}]
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"events": events})))
+    code, out, err = vigil("submit", "-", "--wait")
+    assert code == 0, err
+    assert "succeeded: 1 valid, 0 invalid" in out
+
+
+def test_unreachable_vigil_exits_3(capsys):
+    url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+    code = main(["--url", url, "--key", "k", "types"])
+    err = capsys.readouterr().err
+    assert code == 3
+    assert err.startswith(f"vigil: cannot reach Vigil at {url}: ") and "(make run)" in err
+
+
+def test_wrong_key_exits_2_mentioning_vigil_api_key(vigil):
+    code, out, err = vigil("types", key="not-a-key")
+    assert (code, out) == (2, "")
+    assert err.startswith("vigil: 401 Unauthorized: Missing or unknown API key")
+    assert "VIGIL_API_KEY" in err
+
+
+def test_key_defaults_to_env_then_dev_key_outside_production(monkeypatch):
+    monkeypatch.delenv("VIGIL_API_KEY", raising=False)
+    monkeypatch.delenv("VIGIL_ENV", raising=False)
+    assert resolve_key("given") == "given"
+    assert resolve_key(None) == DEV_KEY
+    monkeypatch.setenv("VIGIL_ENV", "production")
+    assert resolve_key(None) is None
+    monkeypatch.setenv("VIGIL_API_KEY", "from-env")
+    assert resolve_key(None) == "from-env"
+
+
+def test_wait_polls_per_retry_after_and_reports_progress(api_url, worker, event_type, monkeypatch):
+    slept: list[float] = []
+    real_sleep = client_module._sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(client_module, "_sleep", sleep)
+    with Client(api_url, KEYS["alpha"]) as client:
+        accepted = client.validate({"event_type": event_type, "timestamp": T0,
+                                    "payload": {"amount": 5}})
+        seen: list[dict] = []
+        job = client.wait(accepted["job_id"], timeout=60, on_progress=seen.append)
+    assert job["status"] == "succeeded" and job["results"][0]["valid"] is True
+    assert seen and seen[-1] == job
+    assert all(doc["job_id"] == accepted["job_id"] and "progress" in doc for doc in seen)
+    # One sleep after every unfinished poll, as long as the API's Retry-After (1 s) says.
+    assert slept == [1.0] * (len(seen) - 1)
+
+
+def test_wait_uses_retry_after_with_default_and_cap(monkeypatch):
+    """Retry-After as sent (fractions too), 1 s when absent, 5 s at most; no server needed."""
+    answers = iter([("queued", "0.25"), ("running", "7"), ("running", None), ("succeeded", None)])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, retry = next(answers)
+        headers = {"Retry-After": retry} if retry else {}
+        return httpx.Response(200, headers=headers, json={
+            "job_id": "a" * 32, "status": status, "progress": {"done": 0, "total": 1}})
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_module, "_sleep", slept.append)
+    seen: list[dict] = []
+    with Client("http://vigil.test", "k", transport=httpx.MockTransport(handler)) as client:
+        job = client.wait("a" * 32, on_progress=seen.append)
+    assert job["status"] == "succeeded"
+    assert [doc["status"] for doc in seen] == ["queued", "running", "running", "succeeded"]
+    assert slept == [0.25, 5.0, 1.0]
+
+    def queued(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, headers={"Retry-After": "1"},
+                              json={"job_id": "b" * 32, "status": "queued"})
+
+    with (Client("http://vigil.test", "k", transport=httpx.MockTransport(queued)) as client,
+          pytest.raises(TimeoutError, match="did not finish within 0")):
+        client.wait("b" * 32, timeout=0)
+
+
+def test_client_errors_are_readable(monkeypatch):
+    def problem(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, headers={"Content-Type": "application/problem+json"}, json={
+            "type": "about:blank", "title": "Unprocessable Entity", "status": 422,
+            "detail": "Some fields are invalid.",
+            "errors": {"json": {"events": {"0": {"timestamp": ["Not a timestamp."],
+                                                 "payload": ["Missing data."]}}}}})
+
+    with Client("http://vigil.test", "k", transport=httpx.MockTransport(problem)) as client, \
+            pytest.raises(VigilError) as raised:
+        client.submit([{}])
+    assert raised.value.status == 422
+    assert str(raised.value) == ("422 Unprocessable Entity: Some fields are invalid.\n"
+                                 "  json.events.0.timestamp: Not a timestamp.\n"
+                                 "  json.events.0.payload: Missing data.")
+
+
+def test_progress_bar_on_stderr_for_a_large_submission(vigil, event_type, tmp_path):
+    # Uniform on [95, 105]: no value is ever 3 std from the mean, so every event is valid.
+    rng = np.random.default_rng(11)
+    lines = ["event_type,timestamp,amount"] + [
+        f"{event_type},{T0 + i},{a:.3f}" for i, a in enumerate(rng.uniform(95, 105, 5000))]
+    (tmp_path / "big.csv").write_text("\n".join(lines) + "\n")
+    code, out, err = vigil("submit", tmp_path / "big.csv", "--wait")
+    assert code == 0, err
+    assert "succeeded: 5000 valid, 0 invalid" in out
+    assert "5000/5000" in err and "100%" in err and "event/s" in err
