@@ -145,6 +145,14 @@ class JobAcceptedSchema(ma.Schema):
     status_url = fields.String()
 
 
+class BaselineFiguresSchema(ma.Schema):
+    n = fields.Integer()
+    mean = fields.Float()
+    std = fields.Float()
+    z = fields.Float(allow_none=True)
+    expected_range = fields.List(fields.Float())
+
+
 class WarningSchema(ma.Schema):
     code = fields.String(metadata={"description": "out_of_range or anomaly"})
     field = fields.String(allow_none=True)
@@ -154,6 +162,9 @@ class WarningSchema(ma.Schema):
     std = fields.Float()
     z = fields.Float(allow_none=True)
     expected_range = fields.List(fields.Float())
+    baseline = fields.String(metadata={"description": "which baseline(s) judged it: all_time, "
+                                                      "recent, or all_time+recent"})
+    baselines = fields.Dict(keys=fields.String(), values=fields.Nested(BaselineFiguresSchema))
     score = fields.Float()
     threshold = fields.Float()
     model_version = fields.Integer()
@@ -179,6 +190,8 @@ class ResultSchema(ma.Schema):
     notes = fields.List(fields.Nested(NoteSchema))
     anomaly_score = fields.Float(allow_none=True)
     model_version = fields.Integer(allow_none=True)
+    baseline = fields.Dict(metadata={"description": "per field, the baselines it was judged "
+                                                    "against (n, mean, std, recent_*)"})
 
 
 class ProgressSchema(ma.Schema):
@@ -235,5 +248,6 @@ class ModelSchema(ma.Schema):
     trained_at = fields.Float()
     rows = fields.Integer()
     features = fields.List(fields.String())
+    derived_features = fields.List(fields.String())
     contamination = fields.Float()
     threshold = fields.Float()

@@ -15,6 +15,8 @@ DEV_TENANT = "dev"
 DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
 
 
+BASELINE_MODES = ("both", "all_time", "recent")
+DERIVED_FEATURES = ("time_of_day", "delta")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -41,6 +43,12 @@ def _parse_api_keys(raw: str) -> dict[str, str]:
     return tenants
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """"a, b" -> ("a", "b"); "none" -> ()."""
+    names = tuple(n.strip() for n in raw.split(",") if n.strip())
+    return () if names == ("none",) else names
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -54,6 +62,16 @@ class Settings:
     webhook_secret: str = DEV_WEBHOOK_SECRET
     z_threshold: float = 3.0
     min_history: int = 30
+    # Which baseline judges a value: "both" (out of range of the all-time AND the recent
+    # baseline), "all_time" or "recent".
+    baseline_mode: str = "both"
+    # The recent baseline forgets with this half-life, counted in events.
+    recent_half_life: float = 1000.0
+    # Values beyond mean +/- clip*std move the recent baseline as if they were at that edge:
+    # a spike barely moves it, a lasting shift is absorbed within a few half-lives.
+    recent_clip: float = 3.0
+    # Derived model features: "time_of_day" and/or "delta" (change from the previous value).
+    derived_features: tuple[str, ...] = ("time_of_day",)
     model_min_rows: int = 50
     history_max_rows: int = 10_000
     anomaly_contamination: float = 0.005
@@ -69,6 +87,11 @@ class Settings:
     webhook_backoff_s: float = 5.0
     # Celery/Redis: a task not acknowledged within this time is redelivered.
     visibility_timeout_s: int = 3600
+
+    @property
+    def recent_alpha(self) -> float:
+        """Weight of each new value in the recent baseline, from its half-life."""
+        return 1.0 - 0.5 ** (1.0 / self.recent_half_life)
 
     @property
     def using_dev_key(self) -> bool:
@@ -101,6 +124,10 @@ class Settings:
             webhook_secret=secret,
             z_threshold=get("VIGIL_Z_THRESHOLD", defaults.z_threshold, float),
             min_history=get("VIGIL_MIN_HISTORY", defaults.min_history, int),
+            baseline_mode=get("VIGIL_BASELINE", defaults.baseline_mode),
+            recent_half_life=get("VIGIL_RECENT_HALF_LIFE", defaults.recent_half_life, float),
+            recent_clip=get("VIGIL_RECENT_CLIP", defaults.recent_clip, float),
+            derived_features=get("VIGIL_DERIVED_FEATURES", defaults.derived_features, _names),
             model_min_rows=get("VIGIL_MODEL_MIN_ROWS", defaults.model_min_rows, int),
             history_max_rows=get("VIGIL_HISTORY_MAX_ROWS", defaults.history_max_rows, int),
             anomaly_contamination=get(
@@ -133,6 +160,16 @@ class Settings:
                 )
         if not (math.isfinite(self.z_threshold) and self.z_threshold > 0):
             raise ConfigError("VIGIL_Z_THRESHOLD must be a positive finite number")
+        if self.baseline_mode not in BASELINE_MODES:
+            raise ConfigError(f"VIGIL_BASELINE must be one of {', '.join(BASELINE_MODES)}")
+        if not (math.isfinite(self.recent_half_life) and self.recent_half_life >= 1):
+            raise ConfigError("VIGIL_RECENT_HALF_LIFE must be at least 1 (events)")
+        if not (math.isfinite(self.recent_clip) and self.recent_clip > 0):
+            raise ConfigError("VIGIL_RECENT_CLIP must be a positive number")
+        unknown = set(self.derived_features) - set(DERIVED_FEATURES)
+        if unknown:
+            raise ConfigError(f"VIGIL_DERIVED_FEATURES: unknown {', '.join(sorted(unknown))}; "
+                              f"choose from {', '.join(DERIVED_FEATURES)}")
         if self.min_history < 2:
             raise ConfigError("VIGIL_MIN_HISTORY must be at least 2")
         if not 0 < self.anomaly_contamination < 0.5:

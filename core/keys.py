@@ -32,6 +32,16 @@ def baseline(tenant: str, event_type: str) -> str:
     return f"{PREFIX}:{tenant}:baseline:{event_type}"
 
 
+def recent_baseline(tenant: str, event_type: str) -> str:
+    """Hash: field -> 'n,mean,var', an exponentially weighted (drift-aware) baseline."""
+    return f"{PREFIX}:{tenant}:recent:{event_type}"
+
+
+def last_values(tenant: str, event_type: str) -> str:
+    """Hash: field -> its latest value (for the change-from-previous feature)."""
+    return f"{PREFIX}:{tenant}:last:{event_type}"
+
+
 def batch_applied(tenant: str, batch_id: str) -> str:
     """Marker (expiring): this batch was merged into baselines and history already, so a
     redelivered job does not count its events twice."""

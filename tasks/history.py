@@ -13,7 +13,7 @@ from ml.stats import frame_moments
 from tasks import store
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import train
-from tasks.validate import accepted_rows
+from tasks.validate import accepted_rows, values_in_order
 
 # Rows merged per script call: keeps each Redis call short so it never blocks others long.
 CHUNK = 5000
@@ -23,14 +23,15 @@ def import_history(r: redis.Redis, cfg: Settings, tenant: str,
                    job: dict[str, Any]) -> tuple[dict, None]:
     """Merge every event into the baselines and history unchecked, then train the model."""
     job_id, event_type = job["job_id"], job["event_type"]
-    events = store.get_events(r, tenant, job_id)
+    events = sorted(store.get_events(r, tenant, job_id), key=lambda e: e["timestamp"])
     fields: set[str] = set()
     for start in range(0, len(events), CHUNK):
         chunk = events[start:start + CHUNK]
         values = payload_frame([e["payload"] for e in chunk])
         fields.update(values.columns)
         store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}", frame_moments(values),
-                          accepted_rows(values, [e["timestamp"] for e in chunk]))
+                          accepted_rows(values, [e["timestamp"] for e in chunk]),
+                          recent=values_in_order(values))
         store.set_progress(r, tenant, job_id, start + len(chunk))
     summary = {"events": len(events), "fields": sorted(fields)}
     return {**summary, **_train_summary(r, cfg, tenant, event_type)}, None

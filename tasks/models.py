@@ -10,6 +10,7 @@ from celery import shared_task
 from core import keys
 from core.config import Settings
 from ml.anomaly import AnomalyModel, training_frame
+from ml.features import model_frame
 from ml.model_io import dump_model, load_model
 from tasks import store
 from tasks.context import redis_client, settings
@@ -48,9 +49,12 @@ def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict |
     rows = store.history_rows(r, tenant, event_type)
     if len(rows) < cfg.model_min_rows:
         return None
-    frame = training_frame([row["v"] for row in rows])
+    rows.sort(key=lambda row: row["ts"])
+    values = training_frame([row["v"] for row in rows])
+    frame = model_frame(values, [row["ts"] for row in rows], {}, cfg.derived_features)
     model = AnomalyModel(contamination=cfg.anomaly_contamination).fit(frame)
     meta = {"rows": model.n_rows_, "features": model.features_,
+            "derived_features": list(cfg.derived_features),
             "contamination": model.contamination, "threshold": model.threshold_}
     version = store.save_model(r, tenant, event_type, dump_model(model), meta,
                                trained_on_new_rows=new_rows)

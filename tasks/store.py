@@ -161,22 +161,27 @@ def set_webhook_state(r: redis.Redis, tenant: str, job_id: str, state: Mapping) 
 
 # --- baselines and history -----------------------------------------------------------------
 
-# Merges per-field moments (Chan et al.) and appends history rows, once per batch id: a job
+# Merges per-field moments (Chan et al.), updates the recent (exponentially weighted)
+# baselines and latest values, and appends history rows, once per batch id: a job
 # redelivered after a crash finds its marker and changes nothing. One script, so concurrent
 # workers merging into the same field serialise inside Redis and lose nothing.
 _APPLY_BATCH = """
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 local history_max = tonumber(ARGV[2])
-local n_fields = tonumber(ARGV[5])
-local i = 6
+local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local function triple(raw)
+  local a, b, c = string.match(raw, '([^,]+),([^,]+),([^,]+)')
+  return tonumber(a), tonumber(b), tonumber(c)
+end
+local n_fields = tonumber(ARGV[9])
+local i = 10
 for _ = 1, n_fields do
   local field = ARGV[i]
   local n, mean, m2 = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
   i = i + 4
   local current = redis.call('HGET', KEYS[2], field)
   if current then
-    local sa, sm, sq = string.match(current, '([^,]+),([^,]+),([^,]+)')
-    local na, ma, qa = tonumber(sa), tonumber(sm), tonumber(sq)
+    local na, ma, qa = triple(current)
     local total = na + n
     local delta = mean - ma
     mean = ma + delta * n / total
@@ -184,6 +189,27 @@ for _ = 1, n_fields do
     n = total
   end
   redis.call('HSET', KEYS[2], field, string.format('%d,%.17g,%.17g', n, mean, m2))
+end
+-- Recent baselines: every value in time order, clipped to mean +/- clip*std once warm.
+-- The weight is 1/n until that falls below alpha (a plain mean while young, so the first
+-- value does not dominate), then alpha (forgetting with the configured half-life).
+for field, values in pairs(cjson.decode(ARGV[8])) do
+  local n, mean, var = 0, 0, 0
+  local current = redis.call('HGET', KEYS[7], field)
+  if current then n, mean, var = triple(current) end
+  for _, x in ipairs(values) do
+    if n >= warm then
+      local s = math.sqrt(var)
+      if x > mean + clip * s then x = mean + clip * s elseif x < mean - clip * s then x = mean - clip * s end
+    end
+    n = n + 1
+    local w = math.max(alpha, 1 / n)
+    local d = x - mean
+    mean = mean + w * d
+    var = (1 - w) * (var + w * d * d)
+  end
+  redis.call('HSET', KEYS[7], field, string.format('%d,%.17g,%.17g', n, mean, var))
+  redis.call('HSET', KEYS[8], field, string.format('%.17g', values[#values]))
 end
 local rows = #ARGV - i + 1
 local j = i
@@ -203,19 +229,27 @@ return 1
 
 
 def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str,
-                batch_id: str, moments: Mapping[str, Moments],
-                rows: Iterable[Mapping]) -> bool:
-    """Merge a batch of accepted values into the baselines and history, exactly once.
+                batch_id: str, moments: Mapping[str, Moments], rows: Iterable[Mapping],
+                recent: Mapping[str, Sequence[float]] | None = None) -> bool:
+    """Merge a batch into the baselines and history, exactly once.
 
-    rows: ``{"ts": epoch seconds, "v": {field: value}}`` per accepted event.
+    moments: all-time moments of the accepted values per field.
+    rows: ``{"ts": epoch seconds, "v": {field: value}}`` per accepted event (the history).
+    recent: every value seen per field, in time order, accepted or not (the recent baseline
+    clips outliers itself, so a lasting shift is learnt and a spike is not).
     Returns False if this batch had been applied before.
     """
     script_keys = [keys.batch_applied(tenant, batch_id), keys.baseline(tenant, event_type),
                    keys.history(tenant, event_type),
                    keys.history_since_training(tenant, event_type),
-                   keys.event_types(tenant), keys.known_types()]
+                   keys.event_types(tenant), keys.known_types(),
+                   keys.recent_baseline(tenant, event_type), keys.last_values(tenant, event_type)]
+    recent_json = json.dumps({f: list(map(float, v)) for f, v in (recent or {}).items() if len(v)})
     args: list[Any] = [settings.job_ttl_s, settings.history_max_rows, event_type, tenant,
-                       len(moments)]
+                       repr(settings.recent_alpha), repr(settings.recent_clip),
+                       settings.min_history,
+                       # cjson decodes '{}' as an empty table either way; '[]' would be too.
+                       recent_json, len(moments)]
     for field, m in moments.items():
         args += [field, m.n, repr(m.mean), repr(m.m2)]
     args += [json.dumps(row, separators=(",", ":")) for row in rows]
@@ -237,6 +271,27 @@ def load_baseline(r: redis.Redis, tenant: str, event_type: str,
         return {}
     values = r.hmget(key, list(fields))
     return {f: _parse_moments(v) for f, v in zip(fields, values) if v is not None}
+
+
+def load_recent(r: redis.Redis, tenant: str, event_type: str,
+                fields: Sequence[str]) -> dict[str, Moments]:
+    """The recent (exponentially weighted) baseline of these fields, as Moments (n, mean, n*var)."""
+    if not fields:
+        return {}
+    found = {}
+    for field, raw in zip(fields, r.hmget(keys.recent_baseline(tenant, event_type), list(fields))):
+        if raw is not None:
+            n, mean, var = raw.decode().split(",")
+            found[field] = Moments(int(n), float(mean), float(var) * int(n))
+    return found
+
+
+def load_last_values(r: redis.Redis, tenant: str, event_type: str,
+                     fields: Sequence[str]) -> dict[str, float]:
+    if not fields:
+        return {}
+    raw = r.hmget(keys.last_values(tenant, event_type), list(fields))
+    return {f: float(v) for f, v in zip(fields, raw) if v is not None}
 
 
 def history_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:

@@ -12,8 +12,8 @@ import redis
 from celery import shared_task
 
 from core.config import Settings
-from ml.features import payload_frame
-from ml.stats import frame_moments
+from ml.features import model_frame, payload_frame
+from ml.stats import Moments, frame_moments
 from tasks import store
 from tasks.lifecycle import JOB_TASK_OPTIONS, run_job
 from tasks.models import current_model, schedule_training, wants_training
@@ -30,14 +30,29 @@ def accepted_rows(values: pd.DataFrame, timestamps: list[float]) -> list[dict]:
             for ts, row in zip(timestamps, values.to_numpy(dtype=float))]
 
 
+def values_in_order(values: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every value of each field, in row (time) order, for the recent baseline."""
+    return {field: column.dropna().to_numpy(dtype=float) for field, column in values.items()}
+
+
+def snapshot(fields: list[str], baseline: dict[str, Moments],
+             recent: dict[str, Moments]) -> dict[str, dict]:
+    """The baselines an event was judged against, per field, so its verdict can be redone."""
+    return {f: {"n": baseline[f].n, "mean": baseline[f].mean, "std": baseline[f].std,
+                **({"recent_n": recent[f].n, "recent_mean": recent[f].mean,
+                    "recent_std": recent[f].std} if f in recent else {})}
+            for f in fields if f in baseline}
+
+
 def check_events(r: redis.Redis, cfg: Settings, tenant: str,
                  job: dict[str, Any]) -> tuple[dict, list]:
     job_id = job["job_id"]
     events = store.get_events(r, tenant, job_id)
-    rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows)
+    rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     by_type: dict[str, list[int]] = defaultdict(list)
-    for i, event in enumerate(events):
-        by_type[event["event_type"]].append(i)
+    # Time order within each type: deltas and the recent baseline follow the series.
+    for i in sorted(range(len(events)), key=lambda i: events[i]["timestamp"]):
+        by_type[events[i]["event_type"]].append(i)
 
     results: list[dict] = [{} for _ in events]
     done = 0
@@ -45,24 +60,37 @@ def check_events(r: redis.Redis, cfg: Settings, tenant: str,
         for start in range(0, len(indices), CHUNK):
             chunk = indices[start:start + CHUNK]
             values = payload_frame([events[i]["payload"] for i in chunk])
-            baseline = store.load_baseline(r, tenant, event_type, list(values.columns))
+            timestamps = [events[i]["timestamp"] for i in chunk]
+            fields = list(values.columns)
+            baseline = store.load_baseline(r, tenant, event_type, fields)
+            recent = store.load_recent(r, tenant, event_type, fields)
             found = current_model(r, cfg.redis_url, tenant, event_type)
             version, model = found if found else (None, None)
-            verdicts = judge_events(values, baseline, rules, model, version)
+            model_input = None
+            if model is not None:
+                model_input = model_frame(values, timestamps,
+                                          store.load_last_values(r, tenant, event_type, fields),
+                                          cfg.derived_features)
+            verdicts = judge_events(values, baseline, rules, model, version, recent=recent,
+                                    model_input=model_input)
             processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
 
-            # Only valid events move the baseline and join the history (no poisoning).
+            # Only valid events move the all-time baseline and join the history (no poisoning);
+            # the recent baseline sees every value but clips outliers itself.
             valid = np.array([v["valid"] for v in verdicts], dtype=bool)
             accepted = values[valid]
             store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{event_type}:{start}",
                               frame_moments(accepted),
-                              accepted_rows(accepted, [events[i]["timestamp"]
-                                                       for i, ok in zip(chunk, valid) if ok]))
-            for i, verdict in zip(chunk, verdicts):
+                              accepted_rows(accepted, [t for t, ok in zip(timestamps, valid) if ok]),
+                              recent=values_in_order(values))
+            present = values.notna().to_numpy()
+            for row, (i, verdict) in enumerate(zip(chunk, verdicts)):
+                judged_fields = [f for f, has in zip(fields, present[row]) if has]
                 results[i] = {"index": i, "event_id": events[i].get("event_id"),
                               "event_type": event_type, "timestamp": events[i]["timestamp"],
                               "processed_at": processed_at, **verdict,
-                              "model_version": version}
+                              "model_version": version,
+                              "baseline": snapshot(judged_fields, baseline, recent)}
             done += len(chunk)
             store.set_progress(r, tenant, job_id, done)
         if wants_training(r, cfg, tenant, event_type):

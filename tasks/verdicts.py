@@ -20,33 +20,60 @@ class Judge:
     z_threshold: float
     min_history: int
     model_min_rows: int
+    # "both": out of range of the all-time and the recent baseline; or just one of them.
+    baseline_mode: str = "all_time"
+
+
+BASELINE_NAMES = {"all_time": "all-time", "recent": "recent"}
 
 
 def _finite_or_none(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def _out_of_range(field: str, value: float, mean: float, std: float, z: float,
-                  limit: float) -> dict:
-    low, high = mean - limit * std, mean + limit * std
-    if math.isfinite(z):
-        message = (f"{field}={value:g} is {z:+.2f} standard deviations from its mean {mean:g} "
-                   f"(std {std:g}); expected within [{low:g}, {high:g}]")
-    else:
-        message = f"{field}={value:g} but every value in its history was {mean:g}"
-    return {"code": "out_of_range", "field": field, "message": message, "value": value,
-            "mean": mean, "std": std, "z": _finite_or_none(z), "expected_range": [low, high]}
+def _figures(m: Moments, value: float, limit: float) -> dict:
+    z = float(zscores(pd.DataFrame({"f": [value]}), baseline_frame({"f": m})).iat[0, 0])
+    return {"n": m.n, "mean": m.mean, "std": m.std, "z": _finite_or_none(z),
+            "expected_range": [m.mean - limit * m.std, m.mean + limit * m.std], "_z": z}
+
+
+def _describe(name: str, field: str, value: float, f: dict) -> str:
+    if f["z"] is None:
+        return f"every value in its {name} history was {f['mean']:g}"
+    low, high = f["expected_range"]
+    return (f"{f['z']:+.2f} standard deviations from its {name} mean {f['mean']:g} "
+            f"(std {f['std']:g}; expected within [{low:g}, {high:g}])")
+
+
+def _out_of_range(field: str, value: float, judged: dict[str, dict]) -> dict:
+    """Warning for a value out of range of every baseline in ``judged`` (name -> figures).
+
+    The top-level figures are those of the first baseline; each baseline's own figures are
+    under ``baselines`` so the verdict can be reproduced.
+    """
+    first = next(iter(judged.values()))
+    reasons = "; ".join(_describe(BASELINE_NAMES[name], field, value, f)
+                        for name, f in judged.items())
+    return {"code": "out_of_range", "field": field, "message": f"{field}={value:g}: {reasons}",
+            "value": value, "mean": first["mean"], "std": first["std"], "z": first["z"],
+            "expected_range": first["expected_range"], "baseline": "+".join(judged),
+            "baselines": {name: {k: v for k, v in f.items() if k != "_z"}
+                          for name, f in judged.items()}}
 
 
 def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judge,
-                 model: AnomalyModel | None = None,
-                 model_version: int | None = None) -> list[dict]:
+                 model: AnomalyModel | None = None, model_version: int | None = None, *,
+                 recent: dict[str, Moments] | None = None,
+                 model_input: pd.DataFrame | None = None) -> list[dict]:
     """One verdict per row of ``values`` (numeric fields of events of one type).
 
+    baseline: all-time moments per field; recent: the drift-aware ones (as Moments);
+    model_input: what the model scores (``values`` plus derived features), default ``values``.
     A verdict: ``valid``, ``warnings`` (each made it invalid), ``notes`` (said, not failed),
     ``anomaly_score`` (None when no model judged it).
     """
     ready = {f: m for f, m in baseline.items() if m.n >= rules.min_history}
+    recent_ready = {f: m for f, m in (recent or {}).items() if m.n >= rules.min_history}
     z = zscores(values, baseline_frame(ready)) if ready else None
     verdicts = [{"valid": True, "warnings": [], "notes": [], "anomaly_score": None}
                 for _ in range(len(values))]
@@ -64,15 +91,30 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
             verdicts[row]["notes"].append(note)
 
     if z is not None:
-        zs = z.to_numpy(dtype=float)
+        limit = rules.z_threshold
         with np.errstate(invalid="ignore"):
-            rows, cols = np.nonzero(np.abs(zs) > rules.z_threshold)
-        for row, col in zip(rows, cols):
-            field = values.columns[col]
-            m = ready[field]
-            verdicts[row]["warnings"].append(_out_of_range(
-                field, float(values.iat[row, col]), m.mean, m.std, float(zs[row, col]),
-                rules.z_threshold))
+            out_all = (np.abs(z.to_numpy(dtype=float)) > limit)
+            if recent_ready:
+                z_recent = zscores(values, baseline_frame(recent_ready)).to_numpy(dtype=float)
+                has_recent = ~np.isnan(z_recent) | values.isna().to_numpy()
+                out_recent = np.abs(z_recent) > limit
+            else:
+                has_recent = out_recent = np.zeros(values.shape, dtype=bool)
+        # A field without a recent baseline yet is judged by the all-time one alone.
+        if rules.baseline_mode == "both":
+            flagged = out_all & (out_recent | ~has_recent)
+        elif rules.baseline_mode == "recent":
+            flagged = np.where(has_recent, out_recent, out_all)
+        else:
+            flagged = out_all
+        for row, col in zip(*np.nonzero(flagged)):
+            field, value = values.columns[col], float(values.iat[row, col])
+            judged = {}
+            if rules.baseline_mode != "recent" or not has_recent[row, col]:
+                judged["all_time"] = _figures(ready[field], value, limit)
+            if rules.baseline_mode != "all_time" and has_recent[row, col]:
+                judged["recent"] = _figures(recent_ready[field], value, limit)
+            verdicts[row]["warnings"].append(_out_of_range(field, value, judged))
 
     if model is None:
         note = {"code": "no_model",
@@ -81,10 +123,11 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
         for verdict in verdicts:
             verdict["notes"].append(note)
     elif len(values):
-        scores = model.score(values)
+        scored = values if model_input is None else model_input
+        scores = model.score(scored)
         flagged = np.flatnonzero(scores > model.threshold_)
         # Explanations cost one scoring per field, so only for the rows that need one.
-        explained = model.explain(values.iloc[flagged]) if flagged.size else None
+        explained = model.explain(scored.iloc[flagged]) if flagged.size else None
         for row, score in enumerate(scores):
             verdicts[row]["anomaly_score"] = round(float(score), 6)
         for pos, row in enumerate(flagged):

@@ -98,7 +98,7 @@ def test_constant_history_and_a_different_value():
     assert same["valid"] is True
     [warning] = other["warnings"]
     assert warning["z"] is None and warning["std"] == 0.0
-    assert "every value in its history was 5" in warning["message"]
+    assert "every value in its all-time history was 5" in warning["message"]
     json.dumps(other, allow_nan=False)  # the verdict is valid JSON: no Infinity anywhere
 
 
