@@ -53,6 +53,16 @@ def recent_jobs(tenant: str) -> str:
     return f"{PREFIX}:{tenant}:recent-jobs"
 
 
+def flagged(tenant: str, event_type: str) -> str:
+    """List: recent invalid events as JSON rows {ts, v, codes} (bounded), for the UI."""
+    return f"{PREFIX}:{tenant}:flagged:{event_type}"
+
+
+def invalid_counts(tenant: str) -> str:
+    """Hash: event type -> number of events found invalid."""
+    return f"{PREFIX}:{tenant}:invalid-counts"
+
+
 def history(tenant: str, event_type: str) -> str:
     """List: recent accepted events as JSON rows of numeric fields (bounded)."""
     return f"{PREFIX}:{tenant}:history:{event_type}"

@@ -21,6 +21,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 RECENT_JOBS_KEPT = 200
+FLAGGED_KEPT = 1000
 # Job hash fields holding JSON rather than plain strings.
 _JSON_FIELDS = ("summary", "webhook")
 
@@ -173,8 +174,8 @@ local function triple(raw)
   local a, b, c = string.match(raw, '([^,]+),([^,]+),([^,]+)')
   return tonumber(a), tonumber(b), tonumber(c)
 end
-local n_fields = tonumber(ARGV[9])
-local i = 10
+local n_fields = tonumber(ARGV[11])
+local i = 12
 for _ = 1, n_fields do
   local field = ARGV[i]
   local n, mean, m2 = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
@@ -224,32 +225,47 @@ if rows > 0 then
 end
 redis.call('HINCRBY', KEYS[5], ARGV[3], rows)
 redis.call('SADD', KEYS[6], ARGV[4] .. ':' .. ARGV[3])
+-- Invalid events: counted, and the latest kept for the UI.
+local flagged = cjson.decode(ARGV[9])
+if #flagged > 0 then
+  for k = 1, #flagged, 1000 do
+    local chunk = {}
+    for m = k, math.min(k + 999, #flagged) do chunk[#chunk + 1] = cjson.encode(flagged[m]) end
+    redis.call('RPUSH', KEYS[9], unpack(chunk))
+  end
+  redis.call('LTRIM', KEYS[9], -ARGV[10], -1)
+  redis.call('HINCRBY', KEYS[10], ARGV[3], #flagged)
+end
 return 1
 """
 
 
 def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str,
                 batch_id: str, moments: Mapping[str, Moments], rows: Iterable[Mapping],
-                recent: Mapping[str, Sequence[float]] | None = None) -> bool:
+                recent: Mapping[str, Sequence[float]] | None = None,
+                flagged: Sequence[Mapping] = ()) -> bool:
     """Merge a batch into the baselines and history, exactly once.
 
     moments: all-time moments of the accepted values per field.
     rows: ``{"ts": epoch seconds, "v": {field: value}}`` per accepted event (the history).
     recent: every value seen per field, in time order, accepted or not (the recent baseline
     clips outliers itself, so a lasting shift is learnt and a spike is not).
+    flagged: ``{"ts", "v", "codes"}`` per invalid event (counted, latest kept for the UI).
     Returns False if this batch had been applied before.
     """
     script_keys = [keys.batch_applied(tenant, batch_id), keys.baseline(tenant, event_type),
                    keys.history(tenant, event_type),
                    keys.history_since_training(tenant, event_type),
                    keys.event_types(tenant), keys.known_types(),
-                   keys.recent_baseline(tenant, event_type), keys.last_values(tenant, event_type)]
+                   keys.recent_baseline(tenant, event_type), keys.last_values(tenant, event_type),
+                   keys.flagged(tenant, event_type), keys.invalid_counts(tenant)]
     recent_json = json.dumps({f: list(map(float, v)) for f, v in (recent or {}).items() if len(v)})
     args: list[Any] = [settings.job_ttl_s, settings.history_max_rows, event_type, tenant,
                        repr(settings.recent_alpha), repr(settings.recent_clip),
                        settings.min_history,
                        # cjson decodes '{}' as an empty table either way; '[]' would be too.
-                       recent_json, len(moments)]
+                       recent_json, json.dumps(list(flagged)) if flagged else "[]",
+                       FLAGGED_KEPT, len(moments)]
     for field, m in moments.items():
         args += [field, m.n, repr(m.mean), repr(m.m2)]
     args += [json.dumps(row, separators=(",", ":")) for row in rows]
@@ -300,6 +316,15 @@ def history_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:
 
 def history_count(r: redis.Redis, tenant: str, event_type: str) -> int:
     return int(r.llen(keys.history(tenant, event_type)))
+
+
+def flagged_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:
+    """The latest invalid events of a type: {ts, v, codes}, oldest first."""
+    return [json.loads(row) for row in r.lrange(keys.flagged(tenant, event_type), 0, -1)]
+
+
+def invalid_counts(r: redis.Redis, tenant: str) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in r.hgetall(keys.invalid_counts(tenant)).items()}
 
 
 def event_type_counts(r: redis.Redis, tenant: str) -> dict[str, int]:

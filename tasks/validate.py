@@ -82,7 +82,11 @@ def check_events(r: redis.Redis, cfg: Settings, tenant: str,
             store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{event_type}:{start}",
                               frame_moments(accepted),
                               accepted_rows(accepted, [t for t, ok in zip(timestamps, valid) if ok]),
-                              recent=values_in_order(values))
+                              recent=values_in_order(values),
+                              flagged=[{"ts": row["ts"], "v": row["v"],
+                                        "codes": sorted({w["code"] for w in v["warnings"]})}
+                                       for row, v in zip(accepted_rows(values, timestamps), verdicts)
+                                       if not v["valid"]])
             present = values.notna().to_numpy()
             for row, (i, verdict) in enumerate(zip(chunk, verdicts)):
                 judged_fields = [f for f, has in zip(fields, present[row]) if has]
