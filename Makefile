@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint clean distclean
+.PHONY: help install run test lint eval clean distclean
 
 help:
 	@echo "Targets:"
@@ -11,6 +11,7 @@ help:
 	@echo "  run        start Redis (if none answers), API, worker, beat and Flower; Ctrl-C stops all"
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
+	@echo "  eval       replay the NAB series through Vigil: windows flagged, false alarms, vs naive 3-sigma"
 	@echo "  clean      remove .vigil/ and caches (keeps $(VENV))"
 	@echo "  distclean  clean, and remove $(VENV)"
 
@@ -35,3 +36,6 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+eval: install
+	$(VENV)/bin/python -m evaluation.nab

@@ -61,4 +61,5 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     for module in (jobs, event_types, health):
         api.register_blueprint(module.blp)
+    app.register_blueprint(__import__("api.ui", fromlist=["blp"]).blp)  # /ui web page, not in OpenAPI
     return app

@@ -35,7 +35,7 @@ CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
 
 
 def submit(kind: str, events: list[dict], *, event_type: str | None = None,
-           callback_url: str | None = None):
+           callback_url: str | None = None, task: str | None = None):
     """Store a job, enqueue its task and answer 202 with where to poll."""
     svc, tenant = services(), flask.g.tenant
     if len(events) > svc.settings.max_events_per_job:
@@ -44,7 +44,7 @@ def submit(kind: str, events: list[dict], *, event_type: str | None = None,
             "Split the submission."]}})
     job_id = store.create_job(svc.redis, svc.settings, tenant, kind=kind, events=events,
                               event_type=event_type, callback_url=callback_url)
-    svc.enqueue(TASK_FOR_KIND[kind], tenant, job_id)
+    svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
     status_url = flask.url_for("jobs.Job", job_id=job_id)
     return ({"job_id": job_id, "status": store.QUEUED, "status_url": status_url}, 202,
             {"Location": status_url})
@@ -68,7 +68,7 @@ class ValidateEvent(MethodView):
 
         Answers at once with a job to poll; the checks run in a worker.
         """
-        return submit("validate", [event])
+        return submit("validate", [event], task="vigil.validate_events")
 
 
 @blp.route("/jobs")

@@ -15,6 +15,7 @@ DEV_TENANT = "dev"
 DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
 
 
+EVENTS_QUEUE = "events"
 BASELINE_MODES = ("both", "all_time", "recent")
 DERIVED_FEATURES = ("time_of_day", "delta")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -195,6 +196,9 @@ class Settings:
             "worker_prefetch_multiplier": 1,
             "broker_transport_options": {"visibility_timeout": self.visibility_timeout_s},
             "broker_connection_retry_on_startup": True,
+            # Single events go to their own queue, consumed by a worker that buffers them
+            # into micro-batches (tasks.micro_batch); jobs stay on the default queue.
+            "task_routes": {"vigil.validate_events": {"queue": EVENTS_QUEUE}},
             "worker_send_task_events": True,
             "task_send_sent_event": True,
             "beat_schedule": {

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
 from core.localredis import free_port, redis_answers, start_redis
+from tasks import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -272,8 +273,8 @@ def main() -> int:
     commands: list[tuple[str, list[str]]] = [
         ("api", [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "2",
                  "--access-logfile", "-", "api:create_app()"]),
-        ("worker", [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO",
-                    "--concurrency", "2", "-E"]),
+        *((role, [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO", "-E",
+                  "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
         ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
                   "--schedule", str(STATE_DIR / "celerybeat-schedule")]),
         ("flower", [celery, "-A", "tasks.worker", "flower", "--address=127.0.0.1",

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.config import Settings
+from core.config import EVENTS_QUEUE, Settings
 
-TASK_MODULES = ["tasks.validate", "tasks.history", "tasks.models", "tasks.webhooks"]
+TASK_MODULES = ["tasks.validate", "tasks.micro_batch", "tasks.history", "tasks.models", "tasks.webhooks"]
+
+
+# The two kinds of worker (`make run` and the tests use these; docker-compose.yml spells
+# them out): jobs take one message at a time; the events worker must hold a whole
+# micro-batch of messages unacknowledged, so its prefetch exceeds the batch size
+# (celery-batches' requirement; tasks.micro_batch.FLUSH_EVERY is 500).
+WORKER_ARGS = {
+    "worker": ["-Q", "celery", "--concurrency", "2", "--prefetch-multiplier", "1"],
+    "events": ["-Q", EVENTS_QUEUE, "--concurrency", "1", "--prefetch-multiplier", "1000"],
+}
 
 
 def create_celery(settings: Settings) -> Celery:

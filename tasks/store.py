@@ -126,24 +126,62 @@ def finish_job(r: redis.Redis, settings: Settings, tenant: str, job_id: str, sta
                summary: Mapping | None = None, results: list[dict] | None = None,
                error: str | None = None) -> bool:
     """Record the outcome; False if the job was cancelled or expired meanwhile."""
-    fields: dict[str, Any] = {"status": status, "finished_at": now()}
-    if summary is not None:
-        fields["summary"] = json.dumps(summary)
-    if error is not None:
-        fields["error"] = error
-    if results is not None:
-        fields["done"] = len(results)
-        # Results first: a client that sees `succeeded` must find them.
-        r.set(keys.job_results(tenant, job_id), json.dumps(results), ex=settings.job_ttl_s)
-    args = [x for pair in fields.items() for x in pair]
-    finished = bool(r.eval(_FINISH, 1, keys.job(tenant, job_id), *args))
-    if finished:
-        # Keep a finished job for the full TTL from now, not from submission.
-        pipe = r.pipeline()
+    return bool(finish_jobs(r, settings, tenant, {job_id: (status, summary, results, error)}))
+
+
+def start_jobs(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[int]:
+    """start_job for many jobs in one round trip."""
+    script = r.register_script(_START)
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        script(keys=[keys.job(tenant, job_id)], args=[now()], client=pipe)
+    return [int(x) for x in pipe.execute()]
+
+
+def get_many_events(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[list[dict]]:
+    raw = r.mget([keys.job_events(tenant, job_id) for job_id in job_ids]) if job_ids else []
+    return [json.loads(x) if x else [] for x in raw]
+
+
+def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
+                outcomes: Mapping[str, tuple[str, dict | None, list | None, str | None]]
+                ) -> list[str]:
+    """finish_job for many jobs in one round trip: {job_id: (status, summary, results, error)}.
+
+    Results are written first: a client that sees `succeeded` must find them. A finished
+    job is then kept for the full TTL from now, not from submission. Returns the ids that
+    finished (not cancelled or expired meanwhile).
+    """
+    finish = r.register_script(_FINISH)
+    pipe = r.pipeline(transaction=False)
+    ids = list(outcomes)
+    for job_id in ids:
+        status, summary, results, error = outcomes[job_id]
+        if results is not None:
+            pipe.set(keys.job_results(tenant, job_id), json.dumps(results), ex=settings.job_ttl_s)
+    for job_id in ids:
+        status, summary, results, error = outcomes[job_id]
+        fields: dict[str, Any] = {"status": status, "finished_at": now()}
+        if summary is not None:
+            fields["summary"] = json.dumps(summary)
+        if error is not None:
+            fields["error"] = error
+        if results is not None:
+            fields["done"] = len(results)
+        finish(keys=[keys.job(tenant, job_id)],
+               args=[x for pair in fields.items() for x in pair], client=pipe)
         for key in (keys.job(tenant, job_id), keys.job_events(tenant, job_id)):
             pipe.expire(key, settings.job_ttl_s)
-        pipe.execute()
-    return finished
+    replies = pipe.execute()
+    finished_flags = replies[-3 * len(ids)::3] if ids else []
+    return [job_id for job_id, ok in zip(ids, finished_flags) if ok]
+
+
+def callback_urls(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> dict[str, str]:
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hget(keys.job(tenant, job_id), "callback_url")
+    return {j: url.decode() for j, url in zip(job_ids, pipe.execute()) if url}
 
 
 def set_progress(r: redis.Redis, tenant: str, job_id: str, done: int) -> None:
@@ -251,7 +289,7 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
     recent: every value seen per field, in time order, accepted or not (the recent baseline
     clips outliers itself, so a lasting shift is learnt and a spike is not).
     flagged: ``{"ts", "v", "codes"}`` per invalid event (counted, latest kept for the UI).
-    Returns False if this batch had been applied before.
+    Returns False if this batch had been applied before (on a pipeline: queued, True).
     """
     script_keys = [keys.batch_applied(tenant, batch_id), keys.baseline(tenant, event_type),
                    keys.history(tenant, event_type),
@@ -269,7 +307,8 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
     for field, m in moments.items():
         args += [field, m.n, repr(m.mean), repr(m.m2)]
     args += [json.dumps(row, separators=(",", ":")) for row in rows]
-    return bool(r.eval(_APPLY_BATCH, len(script_keys), *script_keys, *args))
+    # register_script: EVALSHA, so a pipeline of many batches sends the script once.
+    return bool(r.register_script(_APPLY_BATCH)(keys=script_keys, args=args))
 
 
 def _parse_moments(raw: bytes) -> Moments:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,23 +45,30 @@ def snapshot(fields: list[str], baseline: dict[str, Moments],
             for f in fields if f in baseline}
 
 
-def check_events(r: redis.Redis, cfg: Settings, tenant: str,
-                 job: dict[str, Any]) -> tuple[dict, list]:
-    job_id = job["job_id"]
-    events = store.get_events(r, tenant, job_id)
+def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[dict]],
+               on_progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
+    """Verdicts for the events of one or many jobs of a tenant, vectorised per event type.
+
+    Events of all the jobs are judged together (one z-score pass and one model call per
+    type and chunk), then merged into the baselines per job, so each job's batch is
+    counted once however the jobs were grouped. Returns the results of each job.
+    """
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
+    entries = [(job_id, i, event) for job_id, events in jobs.items()
+               for i, event in enumerate(events)]
     by_type: dict[str, list[int]] = defaultdict(list)
     # Time order within each type: deltas and the recent baseline follow the series.
-    for i in sorted(range(len(events)), key=lambda i: events[i]["timestamp"]):
-        by_type[events[i]["event_type"]].append(i)
+    for k in sorted(range(len(entries)), key=lambda k: entries[k][2]["timestamp"]):
+        by_type[entries[k][2]["event_type"]].append(k)
 
-    results: list[dict] = [{} for _ in events]
+    results: dict[str, list[dict]] = {job_id: [{} for _ in events]
+                                      for job_id, events in jobs.items()}
     done = 0
-    for event_type, indices in by_type.items():
-        for start in range(0, len(indices), CHUNK):
-            chunk = indices[start:start + CHUNK]
-            values = payload_frame([events[i]["payload"] for i in chunk])
-            timestamps = [events[i]["timestamp"] for i in chunk]
+    for event_type, order in by_type.items():
+        for start in range(0, len(order), CHUNK):
+            chunk = [entries[k] for k in order[start:start + CHUNK]]
+            values = payload_frame([event["payload"] for _, _, event in chunk])
+            timestamps = [event["timestamp"] for _, _, event in chunk]
             fields = list(values.columns)
             baseline = store.load_baseline(r, tenant, event_type, fields)
             recent = store.load_recent(r, tenant, event_type, fields)
@@ -74,37 +82,64 @@ def check_events(r: redis.Redis, cfg: Settings, tenant: str,
             verdicts = judge_events(values, baseline, rules, model, version, recent=recent,
                                     model_input=model_input)
             processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+            rows = accepted_rows(values, timestamps)
+            merge_per_job(r, cfg, tenant, event_type, chunk, values, rows, verdicts)
 
-            # Only valid events move the all-time baseline and join the history (no poisoning);
-            # the recent baseline sees every value but clips outliers itself.
-            valid = np.array([v["valid"] for v in verdicts], dtype=bool)
-            accepted = values[valid]
-            store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{event_type}:{start}",
-                              frame_moments(accepted),
-                              accepted_rows(accepted, [t for t, ok in zip(timestamps, valid) if ok]),
-                              recent=values_in_order(values),
-                              flagged=[{"ts": row["ts"], "v": row["v"],
-                                        "codes": sorted({w["code"] for w in v["warnings"]})}
-                                       for row, v in zip(accepted_rows(values, timestamps), verdicts)
-                                       if not v["valid"]])
             present = values.notna().to_numpy()
-            for row, (i, verdict) in enumerate(zip(chunk, verdicts)):
+            for row, ((job_id, i, event), verdict) in enumerate(zip(chunk, verdicts)):
                 judged_fields = [f for f, has in zip(fields, present[row]) if has]
-                results[i] = {"index": i, "event_id": events[i].get("event_id"),
-                              "event_type": event_type, "timestamp": events[i]["timestamp"],
-                              "processed_at": processed_at, **verdict,
-                              "model_version": version,
-                              "baseline": snapshot(judged_fields, baseline, recent)}
+                results[job_id][i] = {
+                    "index": i, "event_id": event.get("event_id"), "event_type": event_type,
+                    "timestamp": event["timestamp"], "processed_at": processed_at, **verdict,
+                    "model_version": version,
+                    "baseline": snapshot(judged_fields, baseline, recent)}
             done += len(chunk)
-            store.set_progress(r, tenant, job_id, done)
+            if on_progress:
+                on_progress(done)
         if wants_training(r, cfg, tenant, event_type):
             schedule_training(r, cfg, tenant, event_type)
+    return results
 
+
+def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
+                  chunk: list[tuple[str, int, dict]], values: pd.DataFrame, rows: list[dict],
+                  verdicts: list[dict]) -> None:
+    """Merge a judged chunk into the baselines, one idempotent batch per job, in one round trip.
+
+    Only valid events move the all-time baseline and join the history (no poisoning); the
+    recent baseline sees every value but clips outliers itself.
+    """
+    positions: dict[str, list[int]] = defaultdict(list)
+    for position, (job_id, _, _) in enumerate(chunk):
+        positions[job_id].append(position)
+    pipe = r.pipeline(transaction=False)
+    for job_id, mine in positions.items():
+        valid = [p for p in mine if verdicts[p]["valid"]]
+        first = chunk[mine[0]][1]  # the job's own index: the same on every redelivery
+        store.apply_batch(
+            pipe, cfg, tenant, event_type, f"{job_id}:{event_type}:{first}",
+            frame_moments(values.iloc[valid]), [rows[p] for p in valid],
+            recent=values_in_order(values.iloc[mine]),
+            flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
+                     for p in mine if not verdicts[p]["valid"]])
+    pipe.execute()
+
+
+def summarise(results: list[dict]) -> dict:
     n_valid = sum(result["valid"] for result in results)
     codes = Counter(w["code"] for result in results for w in result["warnings"])
-    summary = {"events": len(results), "valid": n_valid, "invalid": len(results) - n_valid,
-               "warnings": dict(codes)}
-    return summary, results
+    return {"events": len(results), "valid": n_valid, "invalid": len(results) - n_valid,
+            "warnings": dict(codes)}
+
+
+def check_events(r: redis.Redis, cfg: Settings, tenant: str,
+                 job: dict[str, Any]) -> tuple[dict, list]:
+    """One job, in chunks, with progress visible while it runs."""
+    job_id = job["job_id"]
+    events = store.get_events(r, tenant, job_id)
+    results = judge_jobs(r, cfg, tenant, {job_id: events},
+                         on_progress=lambda done: store.set_progress(r, tenant, job_id, done))
+    return summarise(results[job_id]), results[job_id]
 
 
 @shared_task(name="vigil.validate_job", **JOB_TASK_OPTIONS)

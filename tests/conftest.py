@@ -76,26 +76,30 @@ def settings(vigil_env) -> Settings:
 
 
 class Worker:
-    def __init__(self, env: dict[str, str], log_path: Path):
+    """A real `celery worker` subprocess of one role (see tasks.WORKER_ARGS)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, role: str = "worker"):
         self.env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
         self.log_path = log_path
+        self.role = role
         self.proc: subprocess.Popen | None = None
 
     def start(self, settings: Settings, timeout_s: float = 60) -> None:
+        from tasks import WORKER_ARGS, create_celery
+
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        self.hostname = f"{self.role}-{uuid.uuid4().hex[:6]}@test"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tasks.worker", "worker", "--loglevel",
-             "INFO", "--concurrency", "2", "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h",
+             "INFO", *WORKER_ARGS[self.role], "--hostname", self.hostname,
              "--without-gossip", "--without-mingle"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        from tasks import create_celery
-
         control = create_celery(settings).control
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log_path.read_text()[-3000:]}")
-            if control.ping(timeout=0.5):
+            if control.ping(destination=[self.hostname], timeout=0.5):
                 return
         raise RuntimeError(f"worker did not answer: {self.log_path.read_text()[-3000:]}")
 
@@ -110,8 +114,17 @@ class Worker:
 
 
 @pytest.fixture(scope="session")
-def worker(vigil_env, settings, tmp_path_factory) -> Iterator[Worker]:
+def worker(vigil_env, settings, tmp_path_factory, events_worker) -> Iterator[Worker]:
+    """The jobs worker; asking for it also starts the events (micro-batch) worker."""
     proc = Worker(vigil_env, tmp_path_factory.mktemp("worker") / "worker.log")
+    proc.start(settings)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def events_worker(vigil_env, settings, tmp_path_factory) -> Iterator[Worker]:
+    proc = Worker(vigil_env, tmp_path_factory.mktemp("events") / "worker.log", role="events")
     proc.start(settings)
     yield proc
     proc.stop()

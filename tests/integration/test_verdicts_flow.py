@@ -181,3 +181,28 @@ def test_training_without_history_fails_with_a_reason(alpha, event_type):
     job = wait_for(alpha, response.json()["status_url"])
     assert job["status"] == "failed"
     assert job["error"] == "0 events of history; the anomaly model needs 50"
+
+
+def test_single_events_arriving_together_are_scored_in_micro_batches(alpha, event_type):
+    from concurrent.futures import ThreadPoolExecutor
+
+    seed(alpha, event_type)
+
+    def one(i: int) -> str:
+        response = alpha.post("/v1/events/validate", json={
+            "event_type": event_type, "timestamp": T0 + i, "event_id": f"s{i}",
+            "payload": {"amount": 400.0 if i == 7 else 100.0, "cart": {"items": 5.0}}})
+        assert response.status_code == 202
+        return response.json()["status_url"]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        urls = list(pool.map(one, range(60)))
+    jobs = [wait_for(alpha, url) for url in urls]
+    results = [job["results"][0] for job in jobs]
+    assert [r["event_id"] for r in results] == [f"s{i}" for i in range(60)]
+    assert [r["valid"] for r in results] == [i != 7 for i in range(60)]
+    # Scored together: fewer distinct batches (processed_at) than events.
+    assert len({r["processed_at"] for r in results}) < 60
+    baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
+    assert {f["field"]: f["count"] for f in baseline["fields"]} == {"amount": 459,
+                                                                     "cart.items": 459}

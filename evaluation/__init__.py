@@ -1,0 +1,1 @@
+"""Detection quality measured on labelled data, through the running service."""
