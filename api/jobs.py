@@ -68,7 +68,9 @@ class ValidateEvent(MethodView):
 
         Answers at once with a job to poll; the checks run in a worker.
         """
-        return submit("validate", [event], task="vigil.validate_events")
+        micro_batch = services().settings.micro_batch
+        return submit("validate", [event],
+                      task="vigil.validate_events" if micro_batch else "vigil.validate_job")
 
 
 @blp.route("/jobs")

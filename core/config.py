@@ -50,6 +50,17 @@ def _names(raw: str) -> tuple[str, ...]:
     return () if names == ("none",) else names
 
 
+def _flag(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_flag.__name__ = "boolean (true/false)"
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -74,6 +85,8 @@ class Settings:
     # Derived model features: "time_of_day" and/or "delta" (change from the previous value).
     derived_features: tuple[str, ...] = ("time_of_day",)
     model_min_rows: int = 50
+    # Single events scored in micro-batches (off: one task per event, the slow reference).
+    micro_batch: bool = True
     history_max_rows: int = 10_000
     anomaly_contamination: float = 0.005
     retrain_min_new_rows: int = 500
@@ -129,6 +142,7 @@ class Settings:
             recent_half_life=get("VIGIL_RECENT_HALF_LIFE", defaults.recent_half_life, float),
             recent_clip=get("VIGIL_RECENT_CLIP", defaults.recent_clip, float),
             derived_features=get("VIGIL_DERIVED_FEATURES", defaults.derived_features, _names),
+            micro_batch=get("VIGIL_MICRO_BATCH", defaults.micro_batch, _flag),
             model_min_rows=get("VIGIL_MODEL_MIN_ROWS", defaults.model_min_rows, int),
             history_max_rows=get("VIGIL_HISTORY_MAX_ROWS", defaults.history_max_rows, int),
             anomaly_contamination=get(
