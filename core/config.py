@@ -16,7 +16,7 @@ DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
 
 
 EVENTS_QUEUE = "events"
-BASELINE_MODES = ("both", "all_time", "recent")
+BASELINE_MODES = ("both", "all_time", "recent", "robust")
 DERIVED_FEATURES = ("time_of_day", "delta")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 

@@ -31,6 +31,8 @@ class AnomalyModel(BaseEstimator):
         self.features_: list[str] = list(X.columns)
         # A missing field is filled with its typical value, so absence alone is not an anomaly.
         self.medians_: np.ndarray = X.median().to_numpy(dtype=float)
+        # Median absolute deviation per feature: a spread that heavy tails do not inflate.
+        self.mads_: np.ndarray = (X - self.medians_).abs().median().to_numpy(dtype=float)
         self.n_rows_: int = int(X.shape[0])
         self.forest_ = IsolationForest(
             n_estimators=self.n_estimators,
@@ -68,6 +70,18 @@ class AnomalyModel(BaseEstimator):
         with_median = scores[n_rows:].reshape(n_rows, n_features)
         return pd.DataFrame(scores[:n_rows, None] - with_median, index=X.index,
                             columns=self.features_)
+
+
+def robust_moments(model: AnomalyModel) -> dict[str, tuple[int, float, float]]:
+    """Per raw feature: (rows, median, 1.4826 * MAD), the normal-consistent robust spread.
+
+    Empty for a model saved before MADs were learnt (it predates the robust option).
+    """
+    if not hasattr(model, "mads_"):
+        return {}
+    return {f: (model.n_rows_, float(med), float(1.4826 * mad))
+            for f, med, mad in zip(model.features_, model.medians_, model.mads_)
+            if not f.startswith("@")}
 
 
 def top_contributors(contributions: pd.Series, limit: int = 3) -> list[dict]:

@@ -13,6 +13,7 @@ import redis
 from celery import shared_task
 
 from core.config import Settings
+from ml.anomaly import robust_moments
 from ml.features import model_frame, payload_frame
 from ml.stats import Moments, frame_moments
 from tasks import store
@@ -79,8 +80,12 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
                 model_input = model_frame(values, timestamps,
                                           store.load_last_values(r, tenant, event_type, fields),
                                           cfg.derived_features)
+            robust = None
+            if model is not None and cfg.baseline_mode == "robust":
+                robust = {f: Moments(n, med, spread * spread * n)
+                          for f, (n, med, spread) in robust_moments(model).items()}
             verdicts = judge_events(values, baseline, rules, model, version, recent=recent,
-                                    model_input=model_input)
+                                    robust=robust, model_input=model_input)
             processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
             rows = accepted_rows(values, timestamps)
             merge_per_job(r, cfg, tenant, event_type, chunk, values, rows, verdicts)

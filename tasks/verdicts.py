@@ -20,11 +20,12 @@ class Judge:
     z_threshold: float
     min_history: int
     model_min_rows: int
-    # "both": out of range of the all-time and the recent baseline; or just one of them.
+    # "both": out of range of the all-time and the recent baseline; "all_time", "recent" or
+    # "robust" (median and MAD of the model's training sample): that one alone.
     baseline_mode: str = "all_time"
 
 
-BASELINE_NAMES = {"all_time": "all-time", "recent": "recent"}
+BASELINE_NAMES = {"all_time": "all-time", "recent": "recent", "robust": "robust (median/MAD)"}
 
 
 def _finite_or_none(x: float) -> float | None:
@@ -64,16 +65,21 @@ def _out_of_range(field: str, value: float, judged: dict[str, dict]) -> dict:
 def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judge,
                  model: AnomalyModel | None = None, model_version: int | None = None, *,
                  recent: dict[str, Moments] | None = None,
+                 robust: dict[str, Moments] | None = None,
                  model_input: pd.DataFrame | None = None) -> list[dict]:
     """One verdict per row of ``values`` (numeric fields of events of one type).
 
     baseline: all-time moments per field; recent: the drift-aware ones (as Moments);
+    robust: median and scaled MAD as Moments (mean=median, std=1.4826*MAD);
     model_input: what the model scores (``values`` plus derived features), default ``values``.
     A verdict: ``valid``, ``warnings`` (each made it invalid), ``notes`` (said, not failed),
     ``anomaly_score`` (None when no model judged it).
     """
     ready = {f: m for f, m in baseline.items() if m.n >= rules.min_history}
-    recent_ready = {f: m for f, m in (recent or {}).items() if m.n >= rules.min_history}
+    # The second opinion: the recent baseline, or the robust one in "robust" mode.
+    other_name = "robust" if rules.baseline_mode == "robust" else "recent"
+    other = robust if other_name == "robust" else recent
+    recent_ready = {f: m for f, m in (other or {}).items() if m.n >= rules.min_history}
     z = zscores(values, baseline_frame(ready)) if ready else None
     verdicts = [{"valid": True, "warnings": [], "notes": [], "anomaly_score": None}
                 for _ in range(len(values))]
@@ -103,17 +109,17 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
         # A field without a recent baseline yet is judged by the all-time one alone.
         if rules.baseline_mode == "both":
             flagged = out_all & (out_recent | ~has_recent)
-        elif rules.baseline_mode == "recent":
+        elif rules.baseline_mode in ("recent", "robust"):
             flagged = np.where(has_recent, out_recent, out_all)
         else:
             flagged = out_all
         for row, col in zip(*np.nonzero(flagged)):
             field, value = values.columns[col], float(values.iat[row, col])
             judged = {}
-            if rules.baseline_mode != "recent" or not has_recent[row, col]:
+            if rules.baseline_mode in ("both", "all_time") or not has_recent[row, col]:
                 judged["all_time"] = _figures(ready[field], value, limit)
             if rules.baseline_mode != "all_time" and has_recent[row, col]:
-                judged["recent"] = _figures(recent_ready[field], value, limit)
+                judged[other_name] = _figures(recent_ready[field], value, limit)
             verdicts[row]["warnings"].append(_out_of_range(field, value, judged))
 
     if model is None:

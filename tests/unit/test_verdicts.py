@@ -112,3 +112,28 @@ def test_value_equal_to_a_constant_history_is_valid_at_any_threshold():
     baseline = {"fee": Moments.of([0.1, 0.1, 0.1]).merge(Moments.of([0.1]))}
     [verdict] = judge({"fee": [0.1]}, baseline, Judge(1.0, 2, 50))
     assert verdict["valid"] is True
+
+
+def test_robust_mode_judges_by_median_and_mad():
+    from ml.anomaly import AnomalyModel, robust_moments
+
+    rng = np.random.default_rng(5)
+    # Heavy tails: mostly ~N(10, 1), with 5% of values near 100 that inflate the std.
+    history = np.where(rng.random(2000) < 0.05, rng.normal(100, 5, 2000), rng.normal(10, 1, 2000))
+    frame = pd.DataFrame({"x": history})
+    model = AnomalyModel().fit(frame)
+    (n, median, spread), = robust_moments(model).values()
+    assert median == pytest.approx(np.median(history))
+    assert spread == pytest.approx(1.4826 * np.median(np.abs(history - np.median(history))))
+    robust = {"x": Moments(n, median, spread * spread * n)}
+    baseline = {"x": Moments.of(history)}
+    value = pd.DataFrame({"x": [25.0]})
+    # The mean and std, dragged by the tail, find 25 ordinary; the median and MAD do not.
+    [by_mean] = judge_events(value, baseline, Judge(3.0, 30, 50, "all_time"))
+    [by_median] = judge_events(value, baseline, Judge(3.0, 30, 50, "robust"), robust=robust)
+    assert by_mean["valid"] is True
+    assert by_median["valid"] is False
+    [warning] = by_median["warnings"]
+    assert warning["baseline"] == "robust"
+    assert warning["mean"] == pytest.approx(median) and warning["std"] == pytest.approx(spread)
+    assert "median/MAD" in warning["message"]
