@@ -17,22 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from core.localredis import free_port  # noqa: E402
+from evaluation.stack import private_stack  # noqa: E402
 from vigil_client import Client  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nab"
@@ -106,26 +105,6 @@ def replay(client: Client, frame: pd.DataFrame, event_type: str,
     return np.array(flags, dtype=bool)
 
 
-def start_stack() -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, **PROFILE, "PORT": str(port), "FLOWER_PORT": str(free_port()),
-           "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "VIGIL_API_KEYS": "",
-           "VIGIL_ENV": "development"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run.py")], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("eval: the private stack did not become ready within 90 s")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running Vigil to replay through (default: start a "
@@ -136,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     windows = json.loads((args.data / "windows.json").read_text())
-    stack = None
-    if args.url is None:
-        print("eval: starting a private stack with "
-              + " ".join(f"{k}={v}" for k, v in PROFILE.items()), file=sys.stderr)
-        stack, args.url = start_stack()
+    with ExitStack() as stack:
+        if args.url is None:
+            print("eval: starting a private stack with "
+                  + " ".join(f"{k}={v}" for k, v in PROFILE.items()), file=sys.stderr)
+            args.url, _ = stack.enter_context(private_stack(PROFILE))
+        return replay_all(args, windows)
+
+
+def replay_all(args: argparse.Namespace, windows: dict) -> int:
     run = uuid.uuid4().hex[:6]
     started = time.monotonic()
 
@@ -154,14 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         naive = naive_flags(values[:split], values[split:])
         return name, score(times, flags, windows[name]), score(times, naive, windows[name])
 
-    try:
-        # Two series at a time: as many as the default worker has processes.
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            rows = list(pool.map(one, sorted(windows)))
-    finally:
-        if stack is not None:
-            stack.terminate()
-            stack.wait(timeout=30)
+    # Two series at a time: as many as the jobs worker has processes.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        rows = list(pool.map(one, sorted(windows)))
 
     print(f"{'series':42} {'vigil windows':>13} {'FA/1000':>8} {'naive windows':>14} {'FA/1000':>8}")
     total_v = total_n = Score(0, 0, 0, 0)
