@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval clean distclean
+.PHONY: help install run test lint eval fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -11,6 +11,8 @@ help:
 	@echo "  run        start Redis (if none answers), API, worker, beat and Flower; Ctrl-C stops all"
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
+	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
+	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay the NAB series through Vigil: windows flagged, false alarms, vs naive 3-sigma"
 	@echo "  clean      remove .vigil/ and caches (keeps $(VENV))"
 	@echo "  distclean  clean, and remove $(VENV)"
@@ -25,17 +27,25 @@ run: install
 	$(VENV)/bin/python scripts/run.py
 
 test: install
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	$(VENV)/bin/python -m pytest
 
 lint: install
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf .vigil .pytest_cache .ruff_cache
+	rm -rf .vigil .pytest_cache .ruff_cache .schemathesis .hypothesis
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
 
 distclean: clean
 	rm -rf $(VENV)
+
+fuzz: install
+	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging
+
+soak: install
+	$(VENV)/bin/python -m evaluation.soak --minutes 10
 
 eval: install
 	$(VENV)/bin/python -m evaluation.nab

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import drf_spectacular_sidecar
@@ -10,10 +9,12 @@ import redis
 from flask import Blueprint, Flask
 from flask_smorest import Blueprint as ApiBlueprint
 
+from api import observability
 from api.errors import ProblemApi, register_outage_handlers
 from api.parsing import VigilParser
 from api.services import Services
 from core.config import Settings
+from core.logs import configure_logging
 from tasks import create_celery
 
 # Swagger UI and Redoc ship inside a package so /docs works without internet.
@@ -23,7 +24,7 @@ ApiBlueprint.ARGUMENTS_PARSER = VigilParser()
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
-    logging.basicConfig(level=logging.INFO)
+    configure_logging()  # JSON lines, secrets redacted; VIGIL_LOG_LEVEL
     app = Flask(__name__, static_folder=None)
     app.config.update(
         API_TITLE="Vigil",
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "Authenticate with `Authorization: Bearer <key>`.")}})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     register_outage_handlers(app, api)
+    observability.init_app(app)
 
     for name, folder in (("swagger_ui", ASSETS / "swagger-ui-dist"),
                          ("redoc", ASSETS / "redoc" / "bundles")):
@@ -57,9 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
                            static_url_path=f"/assets/{name.replace('_', '-')}")
         app.register_blueprint(assets)
 
-    from api import event_types, health, jobs
+    from api import event_types, health, jobs, ui
 
     for module in (jobs, event_types, health):
         api.register_blueprint(module.blp)
-    app.register_blueprint(__import__("api.ui", fromlist=["blp"]).blp)  # /ui web page, not in OpenAPI
+    app.register_blueprint(ui.blp)  # the /ui web page: plain Flask, not in the OpenAPI document
     return app

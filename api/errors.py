@@ -8,7 +8,7 @@ import flask
 import kombu.exceptions
 import redis
 from flask_smorest import Api
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ class ProblemApi(Api):
         response = flask.jsonify(problem)
         response.status_code = code
         response.headers.update(headers or {})
+        if isinstance(error, MethodNotAllowed) and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
         response.mimetype = "application/problem+json"
         return response
 

@@ -7,7 +7,9 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from api.auth import require_tenant
+from api.idempotency import HEADER_DOC
 from api.jobs import CSV_BODY, submit
+from api.ratelimit import limit_rate
 from api.schemas import (
     EVENT_TYPE,
     EVENT_TYPE_RULE,
@@ -23,6 +25,7 @@ from tasks import store
 blp = Blueprint("event_types", __name__, url_prefix="/v1/event-types",
                 description="Baselines, history and anomaly models per event type.")
 blp.before_request(require_tenant)
+blp.before_request(limit_rate)
 
 
 def checked_type(event_type: str) -> str:
@@ -63,7 +66,7 @@ class Baseline(MethodView):
 @blp.route("/<event_type>/history")
 class History(MethodView):
     @blp.arguments(HistorySubmitSchema)
-    @blp.doc(requestBody=CSV_BODY)
+    @blp.doc(requestBody=CSV_BODY, parameters=[HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, body: dict, event_type: str):
         """Import history (JSON or CSV with `timestamp` plus field columns), then train
@@ -84,6 +87,7 @@ class Model(MethodView):
                                "POST to this URL to train one.")
         return meta
 
+    @blp.doc(parameters=[HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, event_type: str):
         """Train the anomaly model now from the stored history"""

@@ -6,11 +6,21 @@ import flask
 import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.services import services
+from core.metrics import CONTENT_TYPE_LATEST, QueueDepthCollector, exposition
 
 blp = Blueprint("health", __name__, description="Health and metrics.")
+
+
+def celery_queues(conf) -> list[str]:
+    """The queues tasks are sent to: the default one, declared ones, those task_routes names."""
+    names = [conf.task_default_queue, *(q.name for q in conf.task_queues or ())]
+    routes = conf.task_routes or ()
+    for table in [routes] if isinstance(routes, dict) else routes:
+        if isinstance(table, dict):
+            names += [r["queue"] for r in table.values() if isinstance(r, dict) and "queue" in r]
+    return list(dict.fromkeys(names))
 
 
 @blp.route("/healthz")
@@ -49,5 +59,12 @@ class Readyz(MethodView):
 class Metrics(MethodView):
     @blp.response(200, {"type": "string"}, content_type=CONTENT_TYPE_LATEST)
     def get(self):
-        """Prometheus metrics"""
-        return flask.Response(generate_latest(), mimetype=CONTENT_TYPE_LATEST)
+        """Prometheus metrics
+
+        With PROMETHEUS_MULTIPROC_DIR set, the sum over every process writing to that directory
+        (all gunicorn workers; the Celery workers too when they share it, as in `make run`).
+        `vigil_queue_depth` is read from Redis at each scrape.
+        """
+        svc = services()
+        body = exposition(QueueDepthCollector(svc.redis, celery_queues(svc.celery.conf)))
+        return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

@@ -11,7 +11,9 @@ import pandas as pd
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
+from api import idempotency
 from api.auth import require_tenant
+from api.ratelimit import limit_rate
 from api.schemas import (
     EventSchema,
     JobAcceptedSchema,
@@ -20,12 +22,14 @@ from api.schemas import (
     JobSubmitSchema,
 )
 from api.services import services
+from core import ssrf
 from tasks import store
 from tasks.documents import job_document
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Submit events for validation and read the verdicts.")
 blp.before_request(require_tenant)
+blp.before_request(limit_rate)
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
@@ -34,7 +38,14 @@ CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
             "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
 
 
-def submit(kind: str, events: list[dict], *, event_type: str | None = None,
+def submit(kind: str, events: list[dict], **options):
+    """accept(), at most once per Idempotency-Key (api/idempotency.py)."""
+    svc = services()
+    return idempotency.once(svc.redis, svc.settings, flask.g.tenant, flask.request.get_data(cache=True),
+                            lambda: accept(kind, events, **options))
+
+
+def accept(kind: str, events: list[dict], *, event_type: str | None = None,
            callback_url: str | None = None, task: str | None = None):
     """Store a job, enqueue its task and answer 202 with where to poll."""
     svc, tenant = services(), flask.g.tenant
@@ -42,6 +53,11 @@ def submit(kind: str, events: list[dict], *, event_type: str | None = None,
         abort(422, message="Too many events", errors={"json": {"events": [
             f"At most {svc.settings.max_events_per_job} events per job; got {len(events)}. "
             "Split the submission."]}})
+    if callback_url:
+        try:  # SSRF: no callbacks into Vigil's own network (again at delivery, tasks/webhooks.py)
+            ssrf.check_callback_url(callback_url, svc.settings.allow_private_callbacks)
+        except ValueError as exc:
+            abort(422, message="callback_url refused", errors={"json": {"callback_url": [str(exc)]}})
     job_id = store.create_job(svc.redis, svc.settings, tenant, kind=kind, events=events,
                               event_type=event_type, callback_url=callback_url)
     svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
@@ -62,6 +78,7 @@ def load_job(job_id: str) -> dict:
 @blp.route("/events/validate")
 class ValidateEvent(MethodView):
     @blp.arguments(EventSchema)
+    @blp.doc(parameters=[idempotency.HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, event: dict):
         """Validate one event
@@ -84,7 +101,7 @@ class Jobs(MethodView):
         return {"jobs": [job_document(job, None) for job in jobs if job]}
 
     @blp.arguments(JobSubmitSchema)
-    @blp.doc(requestBody=CSV_BODY)
+    @blp.doc(requestBody=CSV_BODY, parameters=[idempotency.HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, body: dict):
         """Validate a batch of events (JSON, or CSV with ?callback_url=)
@@ -120,22 +137,27 @@ class JobResultsCsv(MethodView):
     @blp.response(200, {"type": "string"}, content_type="text/csv")
     def get(self, job_id: str):
         """The results as CSV: one row per event, warnings as JSON in a column"""
-        job = load_job(job_id)
-        results = store.get_results(services().redis, flask.g.tenant, job_id)
-        if results is None:
-            abort(409, message=f"The job is {job['status']}; results exist once it succeeded.")
-        frame = pd.DataFrame({
-            "index": [r["index"] for r in results],
-            "event_id": [r.get("event_id") for r in results],
-            "event_type": [r["event_type"] for r in results],
-            "timestamp": [r["timestamp"] for r in results],
-            "valid": [r["valid"] for r in results],
-            "anomaly_score": [r["anomaly_score"] for r in results],
-            "warning_codes": [";".join(w["code"] for w in r["warnings"]) for r in results],
-            "warnings": [json.dumps(r["warnings"]) if r["warnings"] else "" for r in results],
-            "processed_at": [r["processed_at"] for r in results],
-        })
-        out = io.StringIO()
-        frame.to_csv(out, index=False)
-        return flask.Response(out.getvalue(), mimetype="text/csv", headers={
-            "Content-Disposition": f'attachment; filename="{job_id}.csv"'})
+        return results_csv_response(job_id)
+
+
+def results_csv_response(job_id: str) -> flask.Response:
+    """The caller's job results as a CSV download (the API's and the /ui page's)."""
+    job = load_job(job_id)
+    results = store.get_results(services().redis, flask.g.tenant, job_id)
+    if results is None:
+        abort(409, message=f"The job is {job['status']}; results exist once it succeeded.")
+    frame = pd.DataFrame({
+        "index": [r["index"] for r in results],
+        "event_id": [r.get("event_id") for r in results],
+        "event_type": [r["event_type"] for r in results],
+        "timestamp": [r["timestamp"] for r in results],
+        "valid": [r["valid"] for r in results],
+        "anomaly_score": [r["anomaly_score"] for r in results],
+        "warning_codes": [";".join(w["code"] for w in r["warnings"]) for r in results],
+        "warnings": [json.dumps(r["warnings"]) if r["warnings"] else "" for r in results],
+        "processed_at": [r["processed_at"] for r in results],
+    })
+    out = io.StringIO()
+    frame.to_csv(out, index=False)
+    return flask.Response(out.getvalue(), mimetype="text/csv", headers={
+        "Content-Disposition": f'attachment; filename="{job_id}.csv"'})

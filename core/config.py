@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import math
 import os
 import re
@@ -61,6 +62,19 @@ def _flag(raw: str) -> bool:
 _flag.__name__ = "boolean (true/false)"
 
 
+def _private_networks(raw: str) -> tuple[str, ...]:
+    """"true" -> every network (core/ssrf.py still refuses metadata addresses); "false" -> none;
+    else a comma list of networks such as "127.0.0.0/8,::1"."""
+    if raw.lower() in ("1", "true", "yes", "on", "all"):
+        return ("0.0.0.0/0", "::/0")
+    if raw.lower() in ("0", "false", "no", "off", "none"):
+        return ()
+    return tuple(str(ipaddress.ip_network(n.strip(), strict=False)) for n in raw.split(",") if n.strip())
+
+
+_private_networks.__name__ = "list of networks (127.0.0.0/8,::1) or true/false"
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -101,6 +115,12 @@ class Settings:
     webhook_backoff_s: float = 5.0
     # Celery/Redis: a task not acknowledged within this time is redelivered.
     visibility_timeout_s: int = 3600
+    # Idempotency-Key records (api/idempotency.py) are kept this long.
+    idempotency_ttl_s: int = 24 * 3600
+    # Non-public networks callback URLs may resolve into (core/ssrf.py); none by default.
+    allow_private_callbacks: tuple[str, ...] = ()
+    # Requests per second per tenant on /v1 (api/ratelimit.py); 0: unlimited.
+    rate_limit: int = 1000
 
     @property
     def recent_alpha(self) -> float:
@@ -157,6 +177,10 @@ class Settings:
             webhook_timeout_s=get("VIGIL_WEBHOOK_TIMEOUT", defaults.webhook_timeout_s, float),
             webhook_backoff_s=get("VIGIL_WEBHOOK_BACKOFF", defaults.webhook_backoff_s, float),
             visibility_timeout_s=get("VIGIL_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s, int),
+            idempotency_ttl_s=get("VIGIL_IDEMPOTENCY_TTL", defaults.idempotency_ttl_s, int),
+            allow_private_callbacks=get("VIGIL_ALLOW_PRIVATE_CALLBACKS", defaults.allow_private_callbacks,
+                                        _private_networks),
+            rate_limit=get("VIGIL_RATE_LIMIT", defaults.rate_limit, int),
         )
         settings.check()
         return settings
@@ -190,9 +214,16 @@ class Settings:
         if not 0 < self.anomaly_contamination < 0.5:
             raise ConfigError("VIGIL_ANOMALY_CONTAMINATION must be in (0, 0.5)")
         for name in ("model_min_rows", "history_max_rows", "job_ttl_s", "max_events_per_job",
-                     "max_body_bytes", "webhook_max_attempts"):
+                     "max_body_bytes", "webhook_max_attempts", "idempotency_ttl_s"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
+        if self.rate_limit < 0:
+            raise ConfigError("VIGIL_RATE_LIMIT must be 0 (no limit) or more requests per second")
+        try:
+            for network in self.allow_private_callbacks:
+                ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"VIGIL_ALLOW_PRIVATE_CALLBACKS: {exc}") from None
 
     def celery(self) -> dict:
         """Celery's configuration keys for these settings."""

@@ -83,6 +83,17 @@ def training_lock(tenant: str, event_type: str) -> str:
     return f"{PREFIX}:{tenant}:training:{event_type}"
 
 
+def idempotency(tenant: str, key_digest: str) -> str:
+    """String (expiring): JSON record of the submission made with an Idempotency-Key, by the
+    sha256 hex of that key (client keys may contain ':' and spaces)."""
+    return f"{PREFIX}:{tenant}:idempotency:{key_digest}"
+
+
+def rate_window(tenant: str, window: int) -> str:
+    """Integer (expiring): the tenant's requests in one fixed rate-limit window (epoch second)."""
+    return f"{PREFIX}:{tenant}:rate:{window}"
+
+
 def known_types() -> str:
     """Set: '<tenant>:<event type>' for every type with history (beat walks it to retrain)."""
     return f"{PREFIX}:known-types"

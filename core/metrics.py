@@ -18,14 +18,21 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import redis
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_VAR = "PROMETHEUS_MULTIPROC_DIR"
-__all__ = ["CONTENT_TYPE_LATEST", "QueueDepthCollector", "exposition", "record_job"]
+__all__ = ["CONTENT_TYPE_LATEST", "QueueDepthCollector", "exposition", "record_job", "record_jobs"]
 
 
 def multiprocess_dir() -> str | None:
@@ -77,6 +84,15 @@ def record_job(kind: str | None, status: str, summary: Mapping | None) -> None:
         WARNINGS.labels(code=code).inc(n)
 
 
+def record_jobs(kind: str, outcomes: Mapping[str, Sequence], finished: Iterable[str]) -> None:
+    """record_job for a micro-batch: outcomes {job_id: (status, summary, ...)}; a job that is
+    not among the finished ones was cancelled (or expired) meanwhile."""
+    finished = set(finished)
+    for job_id, (status, summary, *_) in outcomes.items():
+        record_job(kind, status if job_id in finished else "cancelled",
+                   summary if job_id in finished else None)
+
+
 # --- scrape time ---------------------------------------------------------------------------
 
 # Celery's Redis transport keeps a queue in a list of the queue's name, and messages sent with
@@ -111,6 +127,9 @@ class QueueDepthCollector:
         yield family
 
 
+_PLATFORM = PlatformCollector(registry=None)
+
+
 class _Scrape:
     """Several collectors read as one registry, for generate_latest()."""
 
@@ -126,5 +145,8 @@ def exposition(*extra_collectors) -> bytes:
     """The Prometheus text for a scrape: every process's values added up in multiprocess mode
     (the default registry would show only the process that answers), else this process's."""
     path = multiprocess_dir()
-    base = MultiProcessCollector(None, path=path) if path else REGISTRY
-    return generate_latest(_Scrape([base, *extra_collectors]))
+    # In multiprocess mode, python_info (the same in every process) is the only one of the
+    # default collectors kept: process_* and python_gc_* of whichever process answers would
+    # pass for the whole service's.
+    base = [MultiProcessCollector(None, path=path), _PLATFORM] if path else [REGISTRY]
+    return generate_latest(_Scrape([*base, *extra_collectors]))

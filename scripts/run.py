@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_FLOWER_AUTH = "vigil:vigil-dev"
 STATE_DIR = ROOT / ".vigil"
+# Prometheus multiprocess files of the API and the workers, emptied at every start (stale
+# files of an earlier run would be added to this run's counters).
+PROMETHEUS_DIR = STATE_DIR / "prometheus"
 STOP_TIMEOUT_S = 10.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
@@ -115,11 +118,11 @@ class Supervisor:
         self.stopping = True
         say(f"\nvigil: {signal.Signals(signum).name} received, stopping everything...")
 
-    def spawn(self, name: str, cmd: list[str]) -> None:
+    def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -233,6 +236,8 @@ def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
         f"  API        {api}",
         f"  API docs   {api}/docs",
         f"  Flower     http://127.0.0.1:{flower_port}  (login {flower_auth})",
+        f"  Metrics    {api}/metrics  (API and workers; Flower's own at "
+        f"http://127.0.0.1:{flower_port}/metrics)",
         f"  Redis      {redis_url}",
     ]
     if settings.using_dev_key:
@@ -271,8 +276,9 @@ def main() -> int:
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
     gunicorn, celery = executable("gunicorn"), executable("celery")
     commands: list[tuple[str, list[str]]] = [
+        # No access log: the API logs one JSON line per request itself (api/observability.py).
         ("api", [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                 "--access-logfile", "-", "api:create_app()"]),
+                 "--config", str(ROOT / "gunicorn.conf.py"), "api:create_app()"]),
         *((role, [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO", "-E",
                   "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
         ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
@@ -281,12 +287,19 @@ def main() -> int:
                     f"--port={flower_port}", f"--basic-auth={flower_auth}"]),
     ]
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
+    PROMETHEUS_DIR.mkdir()
+    # The API and the workers share the directory, so the API's /metrics adds up every
+    # gunicorn worker and every Celery pool process; beat and Flower stay out of it.
+    metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(PROMETHEUS_DIR)}
+    with_metrics = {"api", *WORKER_ARGS}
 
     env = dict(os.environ)
     # Children import api/ and tasks/ from the repo root whatever the caller's cwd was,
     # and flush each line at once so the prefixed output is live.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     sup = Supervisor(env)
     signal.signal(signal.SIGINT, sup.on_signal)
     signal.signal(signal.SIGTERM, sup.on_signal)
@@ -300,7 +313,7 @@ def main() -> int:
         for name, cmd in commands:
             if sup.stopping:
                 break
-            sup.spawn(name, cmd)
+            sup.spawn(name, cmd, metrics_env if name in with_metrics else None)
         if not sup.stopping:
             say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
                        redis_url=env["REDIS_URL"]))

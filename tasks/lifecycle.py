@@ -8,6 +8,7 @@ from typing import Any
 
 import redis
 
+from core import metrics
 from core.config import Settings
 from tasks import store
 from tasks.context import redis_client, settings
@@ -41,12 +42,12 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
     deliveries = store.start_job(r, tenant, job_id)
     if deliveries < 0:
         return None  # finished, cancelled or expired: a redelivery has nothing to do
+    job = store.get_job(r, tenant, job_id)
     if deliveries > MAX_DELIVERIES:
         status, summary, results = store.FAILED, None, None
         error = (f"the job was started {deliveries - 1} times and its worker died each time; "
                  "giving up")
     else:
-        job = store.get_job(r, tenant, job_id)
         try:
             summary, results = work(r, cfg, tenant, job)
             status, error = store.SUCCEEDED, None
@@ -58,9 +59,12 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
             log.exception("job failed", extra={"tenant": tenant, "job_id": job_id})
             status, summary, results = store.FAILED, None, None
             error = f"{type(exc).__name__}: {exc}"
+    kind = (job or {}).get("kind")
     if not store.finish_job(r, cfg, tenant, job_id, status, summary=summary, results=results,
                             error=error):
+        metrics.record_job(kind, store.CANCELLED, None)
         return store.CANCELLED
+    metrics.record_job(kind, status, summary)
     if store.get_job(r, tenant, job_id).get("callback_url"):
         deliver_webhook.delay(tenant, job_id)
     return status

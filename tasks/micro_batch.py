@@ -17,6 +17,7 @@ import redis
 from celery import shared_task
 from celery_batches import Batches
 
+from core import metrics
 from tasks import store
 from tasks.context import redis_client, settings
 from tasks.lifecycle import MAX_DELIVERIES
@@ -71,5 +72,6 @@ def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
             outcomes.update({j: (store.FAILED, None, None, f"{type(exc).__name__}: {exc}")
                              for j in runnable})
     finished = store.finish_jobs(r, cfg, tenant, outcomes)
+    metrics.record_jobs("validate", outcomes, finished)
     for job_id in store.callback_urls(r, tenant, finished):
         deliver_webhook.delay(tenant, job_id)

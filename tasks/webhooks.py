@@ -12,6 +12,7 @@ import httpx
 from celery import shared_task
 from standardwebhooks import Webhook
 
+from core import metrics, ssrf
 from tasks import store
 from tasks.context import redis_client, settings
 from tasks.documents import iso, job_document
@@ -22,6 +23,10 @@ EVENT_TYPE = "job.completed"
 
 class DeliveryError(Exception):
     """The receiver did not accept the webhook."""
+
+
+class RefusedDelivery(DeliveryError):
+    """The callback URL may not be called (core/ssrf.py): a final failure, never retried."""
 
 
 def build_payload(job: dict[str, Any], results: list[dict] | None) -> dict[str, Any]:
@@ -36,8 +41,12 @@ def message_id(job_id: str) -> str:
 
 
 def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
-                 timeout_s: float) -> httpx.Response:
-    """POST the payload signed per Standard Webhooks; raises DeliveryError unless 2xx."""
+                 timeout_s: float, allow_private: bool | tuple[str, ...] = False) -> httpx.Response:
+    """POST the payload signed per Standard Webhooks; raises DeliveryError unless 2xx.
+
+    The URL is checked again here (its DNS may have changed since submission) and the connection
+    goes to the very addresses checked (ssrf.PinnedTransport), so DNS rebinding cannot redirect it.
+    """
     body = json.dumps(payload, separators=(",", ":"))
     sent_at = datetime.now(UTC)
     headers = {
@@ -48,7 +57,17 @@ def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
         "webhook-signature": Webhook(secret).sign(msg_id, sent_at, body),
     }
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=timeout_s)
+        addresses = ssrf.vetted_addresses(url, allow_private)
+    except ssrf.RefusedURL as exc:
+        raise RefusedDelivery(f"refused: {exc}") from exc
+    except ssrf.UnresolvableHost as exc:
+        raise DeliveryError(str(exc)) from exc
+    try:
+        with httpx.Client(transport=ssrf.PinnedTransport(addresses), trust_env=False,
+                          timeout=timeout_s) as client:
+            response = client.post(url, content=body, headers=headers)
+    except httpx.InvalidURL as exc:
+        raise RefusedDelivery(f"refused: {exc}") from exc
     except httpx.HTTPError as exc:
         raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
     if not 200 <= response.status_code < 300:
@@ -73,12 +92,13 @@ def deliver_webhook(self, tenant: str, job_id: str) -> str:
     payload = build_payload(job, store.get_results(r, tenant, job_id))
     try:
         response = send_webhook(job["callback_url"], payload, message_id(job_id),
-                                cfg.webhook_secret, cfg.webhook_timeout_s)
+                                cfg.webhook_secret, cfg.webhook_timeout_s, cfg.allow_private_callbacks)
     except DeliveryError as exc:
-        final = attempt >= cfg.webhook_max_attempts
+        final = isinstance(exc, RefusedDelivery) or attempt >= cfg.webhook_max_attempts
         store.set_webhook_state(r, tenant, job_id, {
             "status": "failed" if final else "retrying", "attempts": attempt,
             "last_error": str(exc), "message_id": message_id(job_id)})
+        metrics.WEBHOOK_DELIVERIES.labels(outcome="failed" if final else "retrying").inc()
         log.warning("webhook delivery failed", extra={"tenant": tenant, "job_id": job_id,
                                                       "attempt": attempt, "error": str(exc)})
         if final:
@@ -86,6 +106,7 @@ def deliver_webhook(self, tenant: str, job_id: str) -> str:
         countdown = retry_delay(cfg.webhook_backoff_s, self.request.retries,
                                 cap_s=cfg.visibility_timeout_s / 2)
         raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+    metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
     store.set_webhook_state(r, tenant, job_id, {
         "status": "delivered", "attempts": attempt, "http_status": response.status_code,
         "message_id": message_id(job_id)})

@@ -7,9 +7,12 @@ Unit tests of ml/ and tasks/verdicts.py ask for none of these and run without se
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -26,6 +29,14 @@ from core.config import Settings
 from core.localredis import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Prometheus multiprocess mode, as `make run` has it: the API (in this process) and the workers
+# write to one directory, so the API's /metrics shows the workers' metrics too. prometheus_client
+# picks the mode when it is first imported, by whichever module imports it first, so the
+# variable is set here, before any test module is imported, not in a fixture.
+PROMETHEUS_DIR = tempfile.mkdtemp(prefix="vigil-prometheus-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_DIR
+atexit.register(shutil.rmtree, PROMETHEUS_DIR, ignore_errors=True)
 
 
 class RedisServer:
@@ -67,6 +78,9 @@ def vigil_env(redis_server) -> dict[str, str]:
         "VIGIL_WEBHOOK_BACKOFF": "0.2",
         "VIGIL_WEBHOOK_MAX_ATTEMPTS": "4",
         "VIGIL_RETRAIN_INTERVAL": "3600",
+        # The webhook tests' receiver listens on loopback; callbacks elsewhere stay refused.
+        "VIGIL_ALLOW_PRIVATE_CALLBACKS": "127.0.0.0/8,::1",
+        "PROMETHEUS_MULTIPROC_DIR": PROMETHEUS_DIR,
     }
 
 
@@ -133,8 +147,12 @@ def events_worker(vigil_env, settings, tmp_path_factory) -> Iterator[Worker]:
 @pytest.fixture(scope="session")
 def api_url(settings) -> Iterator[str]:
     """The API app served over real HTTP on a free port, in a thread."""
+    from prometheus_client import values
+
     from api import create_app
 
+    assert values.ValueClass is not values.MutexValue, \
+        "prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set"
     server = make_server("127.0.0.1", free_port(), create_app(settings), threaded=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -1,0 +1,32 @@
+"""Requests per second per tenant (VIGIL_RATE_LIMIT): a fixed one-second window in Redis."""
+
+from __future__ import annotations
+
+import time
+
+import flask
+from flask_smorest import abort
+
+from api.services import services
+from core import keys
+
+# Window keys outlive their second a little, so a slow request still finds its counter.
+WINDOW_TTL_S = 2
+
+
+def limit_rate() -> None:
+    """before_request hook, after require_tenant: 429 with Retry-After once the tenant has made
+    more than VIGIL_RATE_LIMIT requests in the current second (0: no limit)."""
+    svc = services()
+    per_second = svc.settings.rate_limit
+    if per_second <= 0:
+        return
+    key = keys.rate_window(flask.g.tenant, int(time.time()))
+    pipe = svc.redis.pipeline(transaction=True)
+    pipe.incr(key)
+    pipe.expire(key, WINDOW_TTL_S)
+    count, _ = pipe.execute()
+    if count > per_second:
+        abort(429, message=f"More than {per_second} requests per second with this API key; "
+                           "retry after Retry-After seconds.",
+              headers={"Retry-After": "1"})

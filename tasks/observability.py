@@ -1,0 +1,76 @@
+"""Celery signal handlers: JSON logs instead of Celery's, and per task a duration and a log line.
+
+Imported by tasks.create_celery, so the handlers are connected in every process that loads the
+app (worker, its pool processes, beat, Flower) before Celery sets up logging. The signals only
+fire where tasks run or logging is set up; in the API they are inert.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+from typing import Any
+
+from celery.signals import setup_logging, task_failure, task_postrun, task_prerun
+
+from core import logs, metrics
+
+log = logging.getLogger("vigil.task")
+
+# Task arguments worth a log field (tasks take ids, never payloads or secrets).
+LOGGED_ARGS = ("tenant", "job_id", "event_type")
+
+# task id -> (perf_counter at start, error if it failed); per pool process, one task at a time.
+_running: dict[str, list[Any]] = {}
+
+
+@setup_logging.connect
+def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
+    """Connected, so Celery leaves the root logger alone: JSON lines instead of its format.
+    VIGIL_LOG_LEVEL wins; without it the level is the worker's --loglevel."""
+    logs.configure_logging(None if os.environ.get(logs.LOG_LEVEL_VAR, "").strip() else loglevel)
+
+
+def task_fields(task: Any, args: Any, kwargs: Any) -> dict[str, Any]:
+    """tenant, job_id, event_type: whichever of them the task takes, by parameter name; for a
+    micro-batch task (celery-batches: one list of requests), how many messages it ran."""
+    try:
+        bound = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {})).arguments
+    except (TypeError, ValueError):
+        return {}
+    fields: dict[str, Any] = {name: bound[name] for name in LOGGED_ARGS
+                              if isinstance(bound.get(name), str)}
+    if isinstance(bound.get("requests"), list):
+        fields["batch_size"] = len(bound["requests"])
+    return fields
+
+
+@task_prerun.connect
+def _prerun(task_id: str | None = None, **_: Any) -> None:
+    if task_id:
+        _running[task_id] = [time.perf_counter(), None]
+
+
+@task_failure.connect
+def _failure(task_id: str | None = None, exception: BaseException | None = None, **_: Any) -> None:
+    if task_id in _running and exception is not None:
+        _running[task_id][1] = f"{type(exception).__name__}: {exception}"
+
+
+@task_postrun.connect
+def _postrun(task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None,
+             state: str | None = None, **_: Any) -> None:
+    started, error = _running.pop(task_id, (None, None)) if task_id else (None, None)
+    name = getattr(task, "name", None) or "unknown"
+    duration = time.perf_counter() - started if started is not None else None
+    if duration is not None:
+        metrics.TASK_DURATION.labels(task=name).observe(duration)
+    fields: dict[str, Any] = {"event": "task", "task": name, "task_id": task_id,
+                              **task_fields(task, args, kwargs), "state": state,
+                              "duration_ms": round(duration * 1000, 2) if duration is not None else None}
+    if error:
+        fields["error"] = error
+    level = logging.WARNING if state == "FAILURE" else logging.INFO
+    log.log(level, "%s %s %s", name, task_id, state, extra=fields)
