@@ -59,9 +59,9 @@ def create_app(settings: Settings | None = None) -> Flask:
                            static_url_path=f"/assets/{name.replace('_', '-')}")
         app.register_blueprint(assets)
 
-    from api import event_types, health, jobs, ui
+    from api import event_types, health, jobs, ui, webhooks
 
-    for module in (jobs, event_types, health):
+    for module in (jobs, event_types, webhooks, health):
         api.register_blueprint(module.blp)
     app.register_blueprint(ui.blp)  # the /ui web page: plain Flask, not in the OpenAPI document
     return app

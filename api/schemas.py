@@ -251,3 +251,22 @@ class ModelSchema(ma.Schema):
     derived_features = fields.List(fields.String())
     contamination = fields.Float()
     threshold = fields.Float()
+
+
+class FailedWebhookSchema(ma.Schema):
+    message_id = fields.String(metadata={"description": "the webhook-id every attempt carried"})
+    job_id = fields.String()
+    callback_url = fields.String(allow_none=True)
+    attempts = fields.Integer(allow_none=True)
+    last_error = fields.String(allow_none=True)
+    job_finished_at = fields.String(allow_none=True)
+
+
+class FailedWebhookListSchema(ma.Schema):
+    webhooks = fields.List(fields.Nested(FailedWebhookSchema))
+
+
+class WebhookRetrySchema(ma.Schema):
+    message_id = fields.String()
+    job_id = fields.String()
+    status = fields.String()

@@ -17,6 +17,8 @@ DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
 
 
 EVENTS_QUEUE = "events"
+# Beat hands out webhook retries due later than a Celery countdown may wait, this often.
+WEBHOOK_SWEEP_S = 5.0
 BASELINE_MODES = ("both", "all_time", "recent", "robust")
 DERIVED_FEATURES = ("time_of_day", "delta")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -75,6 +77,17 @@ def _private_networks(raw: str) -> tuple[str, ...]:
 _private_networks.__name__ = "list of networks (127.0.0.0/8,::1) or true/false"
 
 
+def _seconds(raw: str) -> tuple[float, ...]:
+    """"5, 300, 1800" -> (5.0, 300.0, 1800.0)."""
+    delays = tuple(float(x) for x in raw.replace(" ", "").split(",") if x)
+    if not delays or any(not (math.isfinite(d) and d >= 0) for d in delays):
+        raise ValueError(raw)
+    return delays
+
+
+_seconds.__name__ = "comma-separated list of seconds"
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -110,9 +123,9 @@ class Settings:
     max_body_bytes: int = 10 * 1024 * 1024
     webhook_max_attempts: int = 8
     webhook_timeout_s: float = 10.0
-    # Celery's exponential backoff factor for webhook retries (seconds), capped below the
-    # visibility timeout so a retry countdown never outlives it (Celery/Redis runs it twice).
-    webhook_backoff_s: float = 5.0
+    # Delay before each webhook retry, seconds (Svix's published schedule: 5 s, 5 min, 30 min,
+    # 2 h, 5 h, 10 h, 10 h), each +/-20% jitter; a receiver's Retry-After can only lengthen it.
+    webhook_schedule_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
     # Celery/Redis: a task not acknowledged within this time is redelivered.
     visibility_timeout_s: int = 3600
     # Idempotency-Key records (api/idempotency.py) are kept this long.
@@ -126,6 +139,11 @@ class Settings:
     def recent_alpha(self) -> float:
         """Weight of each new value in the recent baseline, from its half-life."""
         return 1.0 - 0.5 ** (1.0 / self.recent_half_life)
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """Secrets that sign webhooks: one, or two while rotating ("whsec_new whsec_old")."""
+        return tuple(self.webhook_secret.replace(",", " ").split())
 
     @property
     def using_dev_key(self) -> bool:
@@ -175,7 +193,7 @@ class Settings:
             max_body_bytes=get("VIGIL_MAX_BODY_BYTES", defaults.max_body_bytes, int),
             webhook_max_attempts=get("VIGIL_WEBHOOK_MAX_ATTEMPTS", defaults.webhook_max_attempts, int),
             webhook_timeout_s=get("VIGIL_WEBHOOK_TIMEOUT", defaults.webhook_timeout_s, float),
-            webhook_backoff_s=get("VIGIL_WEBHOOK_BACKOFF", defaults.webhook_backoff_s, float),
+            webhook_schedule_s=get("VIGIL_WEBHOOK_SCHEDULE", defaults.webhook_schedule_s, _seconds),
             visibility_timeout_s=get("VIGIL_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s, int),
             idempotency_ttl_s=get("VIGIL_IDEMPOTENCY_TTL", defaults.idempotency_ttl_s, int),
             allow_private_callbacks=get("VIGIL_ALLOW_PRIVATE_CALLBACKS", defaults.allow_private_callbacks,
@@ -192,7 +210,7 @@ class Settings:
                 raise ConfigError(
                     "VIGIL_ENV=production refuses the development API key: set VIGIL_API_KEYS"
                 )
-            if self.webhook_secret == DEV_WEBHOOK_SECRET:
+            if DEV_WEBHOOK_SECRET in self.webhook_secrets:
                 raise ConfigError(
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
@@ -250,6 +268,10 @@ class Settings:
                 "retrain-models": {
                     "task": "vigil.retrain_due",
                     "schedule": self.retrain_interval_s,
+                },
+                "send-due-webhooks": {
+                    "task": "vigil.send_due_webhooks",
+                    "schedule": WEBHOOK_SWEEP_S,
                 },
             },
         }

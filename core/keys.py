@@ -94,6 +94,17 @@ def rate_window(tenant: str, window: int) -> str:
     return f"{PREFIX}:{tenant}:rate:{window}"
 
 
+def webhooks_failed(tenant: str) -> str:
+    """Sorted set: job ids whose webhook finally failed, scored by when."""
+    return f"{PREFIX}:{tenant}:webhooks-failed"
+
+
+def webhooks_scheduled() -> str:
+    """Sorted set: '<tenant>:<job id>' webhook retries due later than a Celery countdown may
+    wait (the broker's visibility timeout), scored by when they are due; beat sends them."""
+    return f"{PREFIX}:webhooks-scheduled"
+
+
 def known_types() -> str:
     """Set: '<tenant>:<event type>' for every type with history (beat walks it to retrain)."""
     return f"{PREFIX}:known-types"

@@ -245,7 +245,7 @@ def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
                      "set VIGIL_API_KEYS for anything else")
     else:
         lines.append("  API keys   from VIGIL_API_KEYS")
-    if settings.webhook_secret == DEV_WEBHOOK_SECRET:
+    if DEV_WEBHOOK_SECRET in settings.webhook_secrets:
         lines.append(f"  Webhooks   signed with the development secret {DEV_WEBHOOK_SECRET} "
                      "-- set VIGIL_WEBHOOK_SECRET for anything else")
     else:

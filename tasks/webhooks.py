@@ -6,6 +6,7 @@ import json
 import logging
 import random
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -19,10 +20,16 @@ from tasks.documents import iso, job_document
 
 log = logging.getLogger(__name__)
 EVENT_TYPE = "job.completed"
+# Retries sooner than this wait in the broker as a countdown; later ones in the schedule.
+MAX_COUNTDOWN_S = 300
 
 
 class DeliveryError(Exception):
     """The receiver did not accept the webhook."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class RefusedDelivery(DeliveryError):
@@ -40,13 +47,15 @@ def message_id(job_id: str) -> str:
     return f"msg_{job_id}"
 
 
-def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
+def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secrets: tuple[str, ...] | str,
                  timeout_s: float, allow_private: bool | tuple[str, ...] = False) -> httpx.Response:
     """POST the payload signed per Standard Webhooks; raises DeliveryError unless 2xx.
 
     The URL is checked again here (its DNS may have changed since submission) and the connection
     goes to the very addresses checked (ssrf.PinnedTransport), so DNS rebinding cannot redirect it.
     """
+    if isinstance(secrets, str):
+        secrets = (secrets,)
     body = json.dumps(payload, separators=(",", ":"))
     sent_at = datetime.now(UTC)
     headers = {
@@ -54,7 +63,7 @@ def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
         "user-agent": "Vigil-Webhooks/1",
         "webhook-id": msg_id,
         "webhook-timestamp": str(int(sent_at.timestamp())),
-        "webhook-signature": Webhook(secret).sign(msg_id, sent_at, body),
+        "webhook-signature": sign(secrets, msg_id, sent_at, body),
     }
     try:
         addresses = ssrf.vetted_addresses(url, allow_private)
@@ -71,43 +80,84 @@ def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secret: str,
     except httpx.HTTPError as exc:
         raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
     if not 200 <= response.status_code < 300:
-        raise DeliveryError(f"receiver answered HTTP {response.status_code}")
+        raise DeliveryError(f"receiver answered HTTP {response.status_code}", retry_after(response))
     return response
 
 
-def retry_delay(base_s: float, retries: int, cap_s: float) -> float:
-    """Exponential backoff with full jitter (as Celery's retry_backoff, but in fractions of a
-    second too). Capped below the broker's visibility timeout: a countdown longer than it
-    makes the Redis transport deliver the task twice."""
-    return random.uniform(0, min(cap_s, base_s * 2**retries))
+def next_delay(schedule_s: tuple[float, ...], attempt: int,
+               retry_after_s: float | None = None) -> float:
+    """Seconds before the attempt after ``attempt`` (1-based): the schedule's step with
+    +/-20% jitter (so receivers recovering from an outage are not hit in lockstep), and never
+    sooner than the receiver's Retry-After."""
+    step = schedule_s[min(attempt - 1, len(schedule_s) - 1)]
+    delay = step * random.uniform(0.8, 1.2)
+    return max(delay, retry_after_s) if retry_after_s else delay
 
 
-@shared_task(bind=True, name="vigil.deliver_webhook", ignore_result=True)
-def deliver_webhook(self, tenant: str, job_id: str) -> str:
+def retry_after(response: httpx.Response) -> float | None:
+    """A 429/503 answer's Retry-After, in seconds (delta-seconds or an HTTP date)."""
+    if response.status_code not in (429, 503):
+        return None
+    raw = response.headers.get("retry-after", "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        try:
+            return max(0.0, (parsedate_to_datetime(raw) - datetime.now(UTC)).total_seconds())
+        except (TypeError, ValueError):
+            return None
+
+
+def sign(secrets: tuple[str, ...], msg_id: str, sent_at: datetime, body: str) -> str:
+    """One signature per active secret, space-separated: receivers on the old or the new
+    secret both verify while a secret is rotated."""
+    return " ".join(Webhook(secret).sign(msg_id, sent_at, body) for secret in secrets)
+
+
+@shared_task(name="vigil.deliver_webhook", ignore_result=True)
+def deliver_webhook(tenant: str, job_id: str) -> str:
     r, cfg = redis_client(), settings()
     job = store.get_job(r, tenant, job_id)
     if not job or not job.get("callback_url"):
         return "gone"
-    attempt = self.request.retries + 1
+    attempt = (job.get("webhook") or {}).get("attempts", 0) + 1
     payload = build_payload(job, store.get_results(r, tenant, job_id))
     try:
         response = send_webhook(job["callback_url"], payload, message_id(job_id),
-                                cfg.webhook_secret, cfg.webhook_timeout_s, cfg.allow_private_callbacks)
+                                cfg.webhook_secrets, cfg.webhook_timeout_s,
+                                cfg.allow_private_callbacks)
     except DeliveryError as exc:
         final = isinstance(exc, RefusedDelivery) or attempt >= cfg.webhook_max_attempts
+        delay = None if final else next_delay(cfg.webhook_schedule_s, attempt, exc.retry_after_s)
         store.set_webhook_state(r, tenant, job_id, {
             "status": "failed" if final else "retrying", "attempts": attempt,
-            "last_error": str(exc), "message_id": message_id(job_id)})
+            "last_error": str(exc), "message_id": message_id(job_id),
+            **({"next_attempt_at": iso(store.now() + delay)} if delay is not None else {})})
         metrics.WEBHOOK_DELIVERIES.labels(outcome="failed" if final else "retrying").inc()
         log.warning("webhook delivery failed", extra={"tenant": tenant, "job_id": job_id,
                                                       "attempt": attempt, "error": str(exc)})
         if final:
             return "failed"
-        countdown = retry_delay(cfg.webhook_backoff_s, self.request.retries,
-                                cap_s=cfg.visibility_timeout_s / 2)
-        raise self.retry(exc=exc, countdown=countdown, max_retries=None) from exc
+        # A countdown longer than the broker's visibility timeout makes the Redis transport
+        # deliver the task twice; longer waits go to a schedule that beat sweeps instead.
+        if delay <= min(MAX_COUNTDOWN_S, cfg.visibility_timeout_s / 2):
+            deliver_webhook.apply_async((tenant, job_id), countdown=delay)
+        else:
+            store.schedule_webhook(r, tenant, job_id, store.now() + delay)
+        return "retrying"
     metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
     store.set_webhook_state(r, tenant, job_id, {
         "status": "delivered", "attempts": attempt, "http_status": response.status_code,
         "message_id": message_id(job_id)})
     return "delivered"
+
+
+@shared_task(name="vigil.send_due_webhooks", ignore_result=True)
+def send_due_webhooks() -> int:
+    """Beat: enqueue the webhook retries whose time has come."""
+    due = store.take_due_webhooks(redis_client(), store.now())
+    for tenant, job_id in due:
+        deliver_webhook.delay(tenant, job_id)
+    return len(due)

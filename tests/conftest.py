@@ -75,7 +75,7 @@ def vigil_env(redis_server) -> dict[str, str]:
         "REDIS_URL": redis_server.url,
         "VIGIL_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in KEYS.items()),
         "VIGIL_WEBHOOK_SECRET": WEBHOOK_SECRET,
-        "VIGIL_WEBHOOK_BACKOFF": "0.2",
+        "VIGIL_WEBHOOK_SCHEDULE": "0.2",
         "VIGIL_WEBHOOK_MAX_ATTEMPTS": "4",
         "VIGIL_RETRAIN_INTERVAL": "3600",
         # The webhook tests' receiver listens on loopback; callbacks elsewhere stay refused.

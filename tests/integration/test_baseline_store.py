@@ -64,3 +64,12 @@ def test_history_is_bounded(redis_server, settings):
     kept = store.history_rows(r, TENANT, event_type)
     assert len(kept) == 25
     assert kept[-1]["ts"] == 29 and kept[0]["ts"] == 5  # the oldest rows went first
+
+
+def test_scheduled_webhook_retries_are_handed_out_once_when_due(redis_server):
+    r = redis_server.client()
+    store.schedule_webhook(r, TENANT, "job-late", due=2_000.0)
+    store.schedule_webhook(r, TENANT, "job-soon", due=1_000.0)
+    assert store.take_due_webhooks(r, until=1_500.0) == [(TENANT, "job-soon")]
+    assert store.take_due_webhooks(r, until=1_500.0) == []
+    assert store.take_due_webhooks(r, until=3_000.0) == [(TENANT, "job-late")]

@@ -91,3 +91,15 @@ def test_celery_is_at_least_once_with_the_configured_visibility_timeout():
     assert conf["task_reject_on_worker_lost"] is True
     assert conf["worker_prefetch_multiplier"] == 1
     assert conf["broker_transport_options"]["visibility_timeout"] == 1234
+
+
+def test_webhook_schedule_and_rotating_secrets():
+    s = Settings.from_env({"VIGIL_WEBHOOK_SCHEDULE": "1, 2.5,10",
+                           "VIGIL_WEBHOOK_SECRET": "whsec_bmV3 whsec_b2xk"})
+    assert s.webhook_schedule_s == (1.0, 2.5, 10.0)
+    assert s.webhook_secrets == ("whsec_bmV3", "whsec_b2xk")
+    assert Settings().webhook_schedule_s == (5, 300, 1800, 7200, 18000, 36000, 36000)
+    for bad in ("", "x", "-1", "nan"):
+        if bad:
+            with pytest.raises(ConfigError, match="VIGIL_WEBHOOK_SCHEDULE"):
+                Settings.from_env({"VIGIL_WEBHOOK_SCHEDULE": bad})
