@@ -11,7 +11,7 @@ import redis
 from core import metrics
 from core.config import Settings
 from tasks import store
-from tasks.context import redis_client, settings
+from tasks.context import redis_client, settings, through_outages
 from tasks.webhooks import deliver_webhook
 
 log = logging.getLogger(__name__)
@@ -19,10 +19,15 @@ log = logging.getLogger(__name__)
 # A job whose worker died this many times (SIGKILL, OOM) is failed instead of redelivered.
 MAX_DELIVERIES = 3
 
-# Options of every task that runs a job: Redis outages are retried with Celery's backoff,
-# capped well below the broker's visibility timeout.
-JOB_TASK_OPTIONS = {"autoretry_for": (redis.RedisError,), "retry_backoff": True,
-                    "retry_backoff_max": 300, "max_retries": None, "ignore_result": True}
+# Options of every task that runs a job. Redis outages are waited out inside the task
+# (tasks.context.through_outages), not retried by Celery.
+JOB_TASK_OPTIONS = {"ignore_result": True}
+
+
+def died_too_often(deliveries: int) -> str:
+    """The error of a job failed because its worker died on every delivery."""
+    return (f"the job was started {deliveries - 1} times and its worker died each time; "
+            "giving up")
 
 
 class JobError(Exception):
@@ -35,21 +40,21 @@ Work = Callable[[redis.Redis, Settings, str, dict[str, Any]], tuple[dict, list |
 def run_job(tenant: str, job_id: str, work: Work) -> str | None:
     """Run ``work(r, settings, tenant, job)`` for a queued job; returns the final status.
 
-    Redis errors propagate so the task's own retry (with backoff) runs it again; any other
-    error fails the job with its reason rather than redelivering a job that cannot succeed.
+    A Redis outage is waited out, step by step (start, work, finish), so the job's message
+    stays unacknowledged until it finished; any other error fails the job with its reason
+    rather than redelivering a job that cannot succeed.
     """
     r, cfg = redis_client(), settings()
-    deliveries = store.start_job(r, tenant, job_id)
+    deliveries = through_outages(lambda: store.start_job(r, tenant, job_id), "start job")
     if deliveries < 0:
         return None  # finished, cancelled or expired: a redelivery has nothing to do
-    job = store.get_job(r, tenant, job_id)
+    job = through_outages(lambda: store.get_job(r, tenant, job_id), "load job")
     if deliveries > MAX_DELIVERIES:
         status, summary, results = store.FAILED, None, None
-        error = (f"the job was started {deliveries - 1} times and its worker died each time; "
-                 "giving up")
+        error = died_too_often(deliveries)
     else:
         try:
-            summary, results = work(r, cfg, tenant, job)
+            summary, results = through_outages(lambda: work(r, cfg, tenant, job), "run job")
             status, error = store.SUCCEEDED, None
         except redis.RedisError:
             raise
@@ -60,8 +65,9 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
             status, summary, results = store.FAILED, None, None
             error = f"{type(exc).__name__}: {exc}"
     kind = (job or {}).get("kind")
-    if not store.finish_job(r, cfg, tenant, job_id, status, summary=summary, results=results,
-                            error=error):
+    if not through_outages(lambda: store.finish_job(r, cfg, tenant, job_id, status,
+                                                    summary=summary, results=results,
+                                                    error=error), "finish job"):
         metrics.record_job(kind, store.CANCELLED, None)
         return store.CANCELLED
     metrics.record_job(kind, status, summary)

@@ -10,8 +10,8 @@ merge is idempotent (tasks.validate.merge_per_job), so nothing is lost or counte
 from __future__ import annotations
 
 import logging
-import time
 from collections import defaultdict
+from functools import partial
 
 import redis
 from celery import shared_task
@@ -19,8 +19,8 @@ from celery_batches import Batches
 
 from core import metrics
 from tasks import store
-from tasks.context import redis_client, settings
-from tasks.lifecycle import MAX_DELIVERIES
+from tasks.context import redis_client, settings, through_outages
+from tasks.lifecycle import MAX_DELIVERIES, died_too_often
 from tasks.validate import judge_jobs, summarise
 from tasks.webhooks import deliver_webhook
 
@@ -28,9 +28,6 @@ log = logging.getLogger(__name__)
 
 FLUSH_EVERY = 500
 FLUSH_INTERVAL_S = 0.05
-# A Redis outage inside a batch is waited out here: the batch's messages are acknowledged
-# when the task returns, so giving up would leave its jobs unfinished.
-REDIS_RETRIES = 30
 
 
 @shared_task(base=Batches, name="vigil.validate_events", flush_every=FLUSH_EVERY,
@@ -41,28 +38,26 @@ def validate_events(requests) -> None:
         tenant, job_id = request.args
         by_tenant[tenant].append(job_id)
     for tenant, job_ids in by_tenant.items():
-        for attempt in range(REDIS_RETRIES):
-            try:
-                run_batch(redis_client(), tenant, job_ids)
-                break
-            except redis.RedisError as exc:
-                log.warning("redis unavailable during a micro-batch; retrying",
-                            extra={"tenant": tenant, "jobs": len(job_ids), "error": str(exc)})
-                time.sleep(min(10.0, 0.5 * 2**attempt))
+        run_batch(redis_client(), tenant, job_ids)
 
 
 def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
+    """Start, judge and finish a micro-batch of one tenant's jobs.
+
+    The batch's messages are acknowledged when the task returns, so a Redis outage is waited
+    out step by step (through_outages) rather than abandoning the jobs half-done.
+    """
     cfg = settings()
-    deliveries = store.start_jobs(r, tenant, job_ids)
+    deliveries = through_outages(partial(store.start_jobs, r, tenant, job_ids), "start jobs")
     runnable = [j for j, d in zip(job_ids, deliveries) if 0 <= d <= MAX_DELIVERIES]
     outcomes: dict[str, tuple] = {
-        j: (store.FAILED, None, None,
-            f"the job was started {d - 1} times and its worker died each time; giving up")
+        j: (store.FAILED, None, None, died_too_often(d))
         for j, d in zip(job_ids, deliveries) if d > MAX_DELIVERIES}
     if runnable:
-        events = dict(zip(runnable, store.get_many_events(r, tenant, runnable)))
+        events = dict(zip(runnable, through_outages(
+            partial(store.get_many_events, r, tenant, runnable), "load events")))
         try:
-            results = judge_jobs(r, cfg, tenant, events)
+            results = through_outages(partial(judge_jobs, r, cfg, tenant, events), "judge")
             outcomes.update({j: (store.SUCCEEDED, summarise(res), res, None)
                              for j, res in results.items()})
         except redis.RedisError:
@@ -71,7 +66,7 @@ def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
             log.exception("micro-batch failed", extra={"tenant": tenant, "jobs": len(runnable)})
             outcomes.update({j: (store.FAILED, None, None, f"{type(exc).__name__}: {exc}")
                              for j in runnable})
-    finished = store.finish_jobs(r, cfg, tenant, outcomes)
+    finished = through_outages(partial(store.finish_jobs, r, cfg, tenant, outcomes), "finish")
     metrics.record_jobs("validate", outcomes, finished)
     for job_id in store.callback_urls(r, tenant, finished):
         deliver_webhook.delay(tenant, job_id)
