@@ -22,6 +22,12 @@ def job_results(tenant: str, job_id: str) -> str:
     return f"{PREFIX}:{tenant}:job:{job_id}:results"
 
 
+def job_partial(tenant: str, job_id: str) -> str:
+    """Hash: batch id -> verdicts of the events merged in that batch (JSON), so a redelivered
+    job reports what it merged before its worker died."""
+    return f"{PREFIX}:{tenant}:job:{job_id}:partial"
+
+
 def event_types(tenant: str) -> str:
     """Hash: event type -> number of events accepted into its history."""
     return f"{PREFIX}:{tenant}:event-types"

@@ -95,6 +95,23 @@ def pack_results(results: list[dict]) -> bytes:
     return zlib.compress(json.dumps(results, separators=(",", ":")).encode(), 1)
 
 
+def save_partial_results(r: redis.Redis, settings: Settings, tenant: str, job_id: str,
+                         batch_id: str, results: list[dict]) -> None:
+    key = keys.job_partial(tenant, job_id)
+    r.hset(key, batch_id, pack_results(results))
+    r.expire(key, settings.job_ttl_s)
+
+
+def partial_results(r: redis.Redis, tenant: str,
+                    batches: Mapping[str, str]) -> dict[str, list[dict]]:
+    """{job id: verdicts} of the batches (job id -> batch id) merged before, if any."""
+    pipe = r.pipeline(transaction=False)
+    for job_id, batch_id in batches.items():
+        pipe.hget(keys.job_partial(tenant, job_id), batch_id)
+    return {job_id: json.loads(zlib.decompress(raw))
+            for job_id, raw in zip(batches, pipe.execute()) if raw}
+
+
 def recent_job_ids(r: redis.Redis, tenant: str, limit: int = 20) -> list[str]:
     return [j.decode() for j in r.lrange(keys.recent_jobs(tenant), 0, limit - 1)]
 
@@ -166,6 +183,7 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
     finish = r.register_script(_FINISH)
     pipe = r.pipeline(transaction=False)
     ids = list(outcomes)
+    flag_at: list[int] = []  # where each job's finish reply lands in the pipeline's replies
     for job_id in ids:
         status, summary, results, error = outcomes[job_id]
         if results is not None:
@@ -179,13 +197,15 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
             fields["error"] = error
         if results is not None:
             fields["done"] = len(results)
+        flag_at.append(len(pipe))
         finish(keys=[keys.job(tenant, job_id)],
                args=[x for pair in fields.items() for x in pair], client=pipe)
         for key in (keys.job(tenant, job_id), keys.job_events(tenant, job_id)):
             pipe.expire(key, settings.job_ttl_s)
+        # The final results supersede the per-batch verdicts kept for redeliveries.
+        pipe.delete(keys.job_partial(tenant, job_id))
     replies = pipe.execute()
-    finished_flags = replies[-3 * len(ids)::3] if ids else []
-    return [job_id for job_id, ok in zip(ids, finished_flags) if ok]
+    return [job_id for job_id, at in zip(ids, flag_at) if replies[at]]
 
 
 def callback_urls(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> dict[str, str]:

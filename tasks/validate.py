@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +53,9 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
 
     Events of all the jobs are judged together (one z-score pass and one model call per
     type and chunk), then merged into the baselines per job, so each job's batch is
-    counted once however the jobs were grouped. Returns the results of each job.
+    counted once however the jobs were grouped. A redelivered job reuses the verdicts of
+    the chunks it merged before its worker died, so what it reports is what moved the
+    baselines. Returns the results of each job.
     """
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     entries = [(job_id, i, event) for job_id, events in jobs.items()
@@ -68,36 +71,17 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
     for event_type, order in by_type.items():
         for start in range(0, len(order), CHUNK):
             chunk = [entries[k] for k in order[start:start + CHUNK]]
-            values = payload_frame([event["payload"] for _, _, event in chunk])
-            timestamps = [event["timestamp"] for _, _, event in chunk]
-            fields = list(values.columns)
-            baseline = store.load_baseline(r, tenant, event_type, fields)
-            recent = store.load_recent(r, tenant, event_type, fields)
-            found = current_model(r, cfg.redis_url, tenant, event_type)
-            version, model = found if found else (None, None)
-            model_input = None
-            if model is not None:
-                model_input = model_frame(values, timestamps,
-                                          store.load_last_values(r, tenant, event_type, fields),
-                                          cfg.derived_features)
-            robust = None
-            if model is not None and cfg.baseline_mode == "robust":
-                robust = {f: Moments(n, med, spread * spread * n)
-                          for f, (n, med, spread) in robust_moments(model).items()}
-            verdicts = judge_events(values, baseline, rules, model, version, recent=recent,
-                                    robust=robust, model_input=model_input)
-            processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
-            rows = accepted_rows(values, timestamps)
-            merge_per_job(r, cfg, tenant, event_type, chunk, values, rows, verdicts)
-
-            present = values.notna().to_numpy()
-            for row, ((job_id, i, event), verdict) in enumerate(zip(chunk, verdicts)):
-                judged_fields = [f for f, has in zip(fields, present[row]) if has]
-                results[job_id][i] = {
-                    "index": i, "event_id": event.get("event_id"), "event_type": event_type,
-                    "timestamp": event["timestamp"], "processed_at": processed_at, **verdict,
-                    "model_version": version,
-                    "baseline": snapshot(judged_fields, baseline, recent)}
+            batches = batch_ids(chunk, event_type)
+            merged_before = store.partial_results(r, tenant, batches)
+            todo = [entry for entry in chunk if entry[0] not in merged_before]
+            if todo:
+                judged = judge_chunk(r, cfg, tenant, event_type, todo, rules)
+                merge_per_job(r, cfg, tenant, event_type, todo, judged, batches)
+                for (job_id, i, _), result in zip(todo, judged.results):
+                    results[job_id][i] = result
+            for job_id, earlier in merged_before.items():
+                for result in earlier:
+                    results[job_id][result["index"]] = result
             done += len(chunk)
             if on_progress:
                 on_progress(done)
@@ -106,10 +90,60 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
     return results
 
 
+def batch_ids(chunk: list[tuple[str, int, dict]], event_type: str) -> dict[str, str]:
+    """Each job's batch in this chunk, named by the job's own first index: the same name on
+    every redelivery, whatever else shares the chunk."""
+    first: dict[str, int] = {}
+    for job_id, i, _ in chunk:
+        first.setdefault(job_id, i)
+    return {job_id: f"{job_id}:{event_type}:{i}" for job_id, i in first.items()}
+
+
+@dataclass
+class JudgedChunk:
+    values: pd.DataFrame
+    rows: list[dict]
+    verdicts: list[dict]
+    results: list[dict]
+
+
+def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
+                chunk: list[tuple[str, int, dict]], rules: Judge) -> JudgedChunk:
+    """One z-score pass and one model call for a chunk of events of one type."""
+    values = payload_frame([event["payload"] for _, _, event in chunk])
+    timestamps = [event["timestamp"] for _, _, event in chunk]
+    fields = list(values.columns)
+    baseline = store.load_baseline(r, tenant, event_type, fields)
+    recent = store.load_recent(r, tenant, event_type, fields)
+    found = current_model(r, cfg.redis_url, tenant, event_type)
+    version, model = found if found else (None, None)
+    model_input = robust = None
+    if model is not None:
+        model_input = model_frame(values, timestamps,
+                                  store.load_last_values(r, tenant, event_type, fields),
+                                  cfg.derived_features)
+        if cfg.baseline_mode == "robust":
+            robust = {f: Moments(n, med, spread * spread * n)
+                      for f, (n, med, spread) in robust_moments(model).items()}
+    verdicts = judge_events(values, baseline, rules, model, version, recent=recent,
+                            robust=robust, model_input=model_input)
+    processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
+    present = values.notna().to_numpy()
+    results = []
+    for row, ((_, i, event), verdict) in enumerate(zip(chunk, verdicts)):
+        judged_fields = [f for f, has in zip(fields, present[row]) if has]
+        results.append({
+            "index": i, "event_id": event.get("event_id"), "event_type": event_type,
+            "timestamp": event["timestamp"], "processed_at": processed_at, **verdict,
+            "model_version": version, "baseline": snapshot(judged_fields, baseline, recent)})
+    return JudgedChunk(values, accepted_rows(values, timestamps), verdicts, results)
+
+
 def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
-                  chunk: list[tuple[str, int, dict]], values: pd.DataFrame, rows: list[dict],
-                  verdicts: list[dict]) -> None:
-    """Merge a judged chunk into the baselines, one idempotent batch per job, in one round trip.
+                  chunk: list[tuple[str, int, dict]], judged: JudgedChunk,
+                  batches: dict[str, str]) -> None:
+    """Merge a judged chunk into the baselines, one idempotent batch per job, and keep each
+    job's verdicts for this batch, all in one transaction (both or neither survive a crash).
 
     Only valid events move the all-time baseline and join the history (no poisoning); the
     recent baseline sees every value but clips outliers itself.
@@ -117,16 +151,18 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     positions: dict[str, list[int]] = defaultdict(list)
     for position, (job_id, _, _) in enumerate(chunk):
         positions[job_id].append(position)
-    pipe = r.pipeline(transaction=False)
+    values, rows, verdicts = judged.values, judged.rows, judged.verdicts
+    pipe = r.pipeline(transaction=True)
     for job_id, mine in positions.items():
         valid = [p for p in mine if verdicts[p]["valid"]]
-        first = chunk[mine[0]][1]  # the job's own index: the same on every redelivery
         store.apply_batch(
-            pipe, cfg, tenant, event_type, f"{job_id}:{event_type}:{first}",
+            pipe, cfg, tenant, event_type, batches[job_id],
             frame_moments(values.iloc[valid]), [rows[p] for p in valid],
             recent=values_in_order(values.iloc[mine]),
             flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
                      for p in mine if not verdicts[p]["valid"]])
+        store.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
+                                   [judged.results[p] for p in mine])
     pipe.execute()
 
 
