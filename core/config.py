@@ -257,7 +257,14 @@ class Settings:
             "task_reject_on_worker_lost": True,
             # CPU-bound tasks: take one at a time so a busy worker does not hoard messages.
             "worker_prefetch_multiplier": 1,
-            "broker_transport_options": {"visibility_timeout": self.visibility_timeout_s},
+            # Redelivery of a dead worker's unacknowledged tasks: after visibility_timeout,
+            # found by a sweep every unacked_restore_interval seconds (kombu's default sweeps
+            # only every 10 s x throttle 10 = 100 s, far later than the timeout promises).
+            "broker_transport_options": {
+                "visibility_timeout": self.visibility_timeout_s,
+                "unacked_restore_interval": max(1, min(10, self.visibility_timeout_s // 2)),
+                "unacked_restore_throttle": 1,
+            },
             "broker_connection_retry_on_startup": True,
             # Single events go to their own queue, consumed by a worker that buffers them
             # into micro-batches (tasks.micro_batch); jobs stay on the default queue.
