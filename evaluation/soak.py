@@ -69,10 +69,15 @@ async def soak(url: str, root_pid: int, minutes: float, rate: float, batch: int)
         response = await client.post(f"/v1/event-types/{TYPE}/history", json={"events": history})
         jobs.append(response.json()["job_id"])
 
+        # A bounded number in flight: httpcore's pool slows down quadratically with thousands
+        # of queued requests, and a steady load is the point here, not an open-loop flood.
+        in_flight = asyncio.Semaphore(32)
+
         async def submit(body: dict, path: str) -> None:
             nonlocal errors
             try:
-                response = await client.post(path, json=body)
+                async with in_flight:
+                    response = await client.post(path, json=body)
                 response.raise_for_status()
                 jobs.append(response.json()["job_id"])
             except httpx.HTTPError:
@@ -99,7 +104,8 @@ async def soak(url: str, root_pid: int, minutes: float, rate: float, batch: int)
             await asyncio.sleep(0.01)
         await asyncio.gather(*tasks)
 
-        print(f"soak: load done ({len(jobs)} jobs); waiting for them to finish", file=sys.stderr)
+        print(f"soak: load done ({len(jobs)} jobs, {sent} single events offered); "
+              "waiting for them to finish", file=sys.stderr)
         unfinished = []
         deadline = time.monotonic() + 120
         pending = list(jobs)
@@ -122,7 +128,7 @@ async def soak(url: str, root_pid: int, minutes: float, rate: float, batch: int)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10)
-    parser.add_argument("--rate", type=float, default=100, help="single events per second")
+    parser.add_argument("--rate", type=float, default=50, help="single events per second")
     parser.add_argument("--batch", type=int, default=500, help="events per batch job (every 5 s)")
     parser.add_argument("--max-growth-mb", type=float, default=50)
     args = parser.parse_args(argv)
