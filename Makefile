@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval fuzz soak clean distclean
+.PHONY: help install run test lint eval bench fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -11,6 +11,7 @@ help:
 	@echo "  run        start Redis (if none answers), API, worker, beat and Flower; Ctrl-C stops all"
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
+	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay the NAB series through Vigil: windows flagged, false alarms, vs naive 3-sigma"
@@ -40,6 +41,9 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+bench: install
+	$(VENV)/bin/python -m benchmarks.run_all
 
 fuzz: install
 	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging
