@@ -99,3 +99,14 @@ def zscores(values: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
     scored[np.isnan(diff)] = np.nan
     z[fields] = scored
     return z
+
+
+def zscore(value: float, mean: float, std: float) -> float:
+    """One cell of ``zscores``, same rules, without building frames (verdict evidence)."""
+    noise = ROUNDING * abs(mean)
+    diff = value - mean
+    if abs(diff) <= noise:
+        return 0.0
+    if std > noise:
+        return diff / std
+    return float(np.sign(diff) * np.inf)

@@ -17,6 +17,8 @@ from tasks.context import redis_client, settings
 
 log = logging.getLogger(__name__)
 TRAINING_LOCK_S = 600
+# Share of the kept history that must be new before a model is retrained.
+RETRAIN_GROWTH = 0.1
 
 # (redis url, tenant, event type) -> (version, model). A worker loads each version once and
 # notices a new one with a single HGET per job.
@@ -64,10 +66,17 @@ def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict |
 
 
 def wants_training(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> bool:
-    """No model yet and enough history for one, or enough new history since the last one."""
-    if store.model_version(r, tenant, event_type) is None:
-        return store.history_count(r, tenant, event_type) >= cfg.model_min_rows
-    return store.new_rows_since_training(r, tenant, event_type) >= cfg.retrain_min_new_rows
+    """No model yet and enough history for one; or enough new history since the last one
+    (VIGIL_RETRAIN_MIN_NEW_ROWS, and at least a tenth of the kept history) and the last one is
+    older than VIGIL_RETRAIN_INTERVAL. Training and every worker's reload cost about a second
+    of CPU: under steady load, retraining at every few hundred events would eat the workers."""
+    rows = store.history_count(r, tenant, event_type)
+    meta = store.model_meta(r, tenant, event_type)
+    if meta is None:
+        return rows >= cfg.model_min_rows
+    new = store.new_rows_since_training(r, tenant, event_type)
+    return (new >= max(cfg.retrain_min_new_rows, RETRAIN_GROWTH * rows)
+            and store.now() - meta["trained_at"] >= cfg.retrain_interval_s)
 
 
 def schedule_training(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> bool:

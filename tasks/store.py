@@ -80,14 +80,20 @@ def get_events(r: redis.Redis, tenant: str, job_id: str) -> list[dict]:
     return json.loads(raw) if raw else []
 
 
-def get_results(r: redis.Redis, tenant: str, job_id: str) -> list[dict] | None:
+def get_results_json(r: redis.Redis, tenant: str, job_id: str) -> str | None:
+    """The stored results as their JSON text, unparsed."""
     raw = r.get(keys.job_results(tenant, job_id))
     if not raw:
         return None
     try:
-        return json.loads(zlib.decompress(raw))
+        return zlib.decompress(raw).decode()
     except zlib.error:  # stored before results were deflated
-        return json.loads(raw)
+        return raw.decode()
+
+
+def get_results(r: redis.Redis, tenant: str, job_id: str) -> list[dict] | None:
+    raw = get_results_json(r, tenant, job_id)
+    return json.loads(raw) if raw is not None else None
 
 
 def pack_results(results: list[dict]) -> bytes:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ml.anomaly import AnomalyModel, top_contributors
-from ml.stats import Moments, baseline_frame, zscores
+from ml.stats import Moments, baseline_frame, zscore, zscores
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,7 @@ def _finite_or_none(x: float) -> float | None:
 
 
 def _figures(m: Moments, value: float, limit: float) -> dict:
-    z = float(zscores(pd.DataFrame({"f": [value]}), baseline_frame({"f": m})).iat[0, 0])
+    z = zscore(value, m.mean, m.std)
     return {"n": m.n, "mean": m.mean, "std": m.std, "z": _finite_or_none(z),
             "expected_range": [m.mean - limit * m.std, m.mean + limit * m.std], "_z": z}
 

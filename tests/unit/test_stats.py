@@ -97,3 +97,15 @@ def test_zscores_without_any_baseline_is_all_nan():
     values = pd.DataFrame({"a": [1.0, 2.0]})
     z = zscores(values, baseline_frame({}))
     assert z.shape == values.shape and z.isna().all().all()
+
+
+def test_scalar_zscore_matches_the_frame_version():
+    from ml.stats import zscore
+
+    cases = [(7.0, 5.0, 2.0), (5.0, 5.0, 0.0), (6.0, 5.0, 0.0), (4.0, 5.0, 0.0),
+             (0.1, 0.10000000000000003, 2.8e-17), (0.2, 0.10000000000000003, 2.8e-17),
+             (-3.0, 1.0, 0.5)]
+    for value, mean, std in cases:
+        frame = zscores(pd.DataFrame({"f": [value]}),
+                        pd.DataFrame({"n": [10], "mean": [mean], "std": [std]}, index=["f"]))
+        assert zscore(value, mean, std) == frame.iat[0, 0], (value, mean, std)
