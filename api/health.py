@@ -66,5 +66,9 @@ class Metrics(MethodView):
         `vigil_queue_depth` is read from Redis at each scrape.
         """
         svc = services()
-        body = exposition(QueueDepthCollector(svc.redis, celery_queues(svc.celery.conf)))
+        # Queue depth is read from Redis lists: only meaningful when Redis is the broker.
+        broker_is_redis = svc.celery.conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        extra = [QueueDepthCollector(svc.redis, celery_queues(svc.celery.conf))] \
+            if broker_is_redis else []
+        body = exposition(*extra)
         return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

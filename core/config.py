@@ -95,6 +95,8 @@ def key_digest(key: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Celery's broker: Redis (the default, REDIS_URL) or RabbitMQ (amqp://...).
+    broker_url: str | None = None
     env: str = "development"
     # {sha256(api key): tenant}
     api_keys: Mapping[str, str] = field(default_factory=lambda: {key_digest(DEV_API_KEY): DEV_TENANT})
@@ -171,6 +173,7 @@ class Settings:
         secret = get("VIGIL_WEBHOOK_SECRET", defaults.webhook_secret)
         settings = cls(
             redis_url=get("REDIS_URL", defaults.redis_url),
+            broker_url=get("VIGIL_BROKER_URL", defaults.broker_url),
             env=mode,
             api_keys=api_keys,
             webhook_secret=secret,
@@ -246,7 +249,7 @@ class Settings:
     def celery(self) -> dict:
         """Celery's configuration keys for these settings."""
         return {
-            "broker_url": self.redis_url,
+            "broker_url": self.broker_url or self.redis_url,
             # Vigil's job store holds results; Celery's result backend would only duplicate them.
             "result_backend": None,
             "task_ignore_result": True,
