@@ -10,6 +10,18 @@ KEYS = {"alpha": "key-alpha-test", "beta": "key-beta-test"}
 WEBHOOK_SECRET = "whsec_dGVzdC13ZWJob29rLXNlY3JldC1mb3ItdmlnaWw="
 
 
+EVENT = {"event_type": "checkout", "timestamp": 1_790_000_000, "payload": {"amount": 1.0}}
+
+
+def problem(response, status: int) -> dict:
+    """Assert an RFC 9457 problem answer with this status; return its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
 def client_for(base_url: str, tenant: str | None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {KEYS[tenant]}"} if tenant else {}
     return httpx.Client(base_url=base_url, headers=headers, timeout=30)

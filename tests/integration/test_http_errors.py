@@ -3,17 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import wait_for
-
-EVENT = {"event_type": "checkout", "timestamp": 1_790_000_000, "payload": {"amount": 1.0}}
-
-
-def problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
+from helpers import EVENT, problem, wait_for
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"},

@@ -13,22 +13,12 @@ from contextlib import contextmanager
 
 import httpx
 import pytest
-from helpers import client_for, wait_for
+from helpers import EVENT, client_for, problem, wait_for
 from werkzeug.serving import make_server
 
 from core import keys
 from core.config import Settings
 from core.localredis import free_port
-
-EVENT = {"event_type": "checkout", "timestamp": 1_790_000_000, "payload": {"amount": 1.0}}
-
-
-def problem(response, status: int) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    body = response.json()
-    assert body["status"] == status and body["detail"]
-    return body
 
 
 @contextmanager
