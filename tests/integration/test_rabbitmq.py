@@ -10,9 +10,9 @@ import threading
 from dataclasses import replace
 
 import pytest
-from conftest import Worker
 from helpers import client_for, wait_for
 from werkzeug.serving import make_server
+from workers import Worker
 
 from core.localredis import free_port
 
