@@ -21,21 +21,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.stack import descendants  # noqa: E402
 from evaluation.stack import private_stack  # noqa: E402
 
 KEY = {"Authorization": "Bearer vigil-dev-key"}
 TYPE = "soak"
-
-
-def descendants(pid: int) -> list[int]:
-    found, todo = [], [pid]
-    while todo:
-        parent = todo.pop()
-        children = Path(f"/proc/{parent}/task/{parent}/children")
-        kids = [int(c) for c in children.read_text().split()] if children.exists() else []
-        found += kids
-        todo += kids
-    return found
 
 
 def worker_rss_mb(root_pid: int) -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import subprocess
 import tempfile
 import threading
 import uuid
@@ -19,13 +18,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis as redis_lib
 from helpers import KEYS, WEBHOOK_SECRET, client_for
 from werkzeug.serving import make_server
-from workers import Worker
+from workers import RedisServer, Worker
 
 from core.config import Settings
-from core.localredis import free_port, start_redis
+from core.localredis import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,27 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = tempfile.mkdtemp(prefix="vigil-prometheus-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_DIR
 atexit.register(shutil.rmtree, PROMETHEUS_DIR, ignore_errors=True)
-
-
-class RedisServer:
-    """A private redis-server that a test can stop and start again (same port, same files)."""
-
-    def __init__(self, data_dir: Path):
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = start_redis(self.port, self.data_dir)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-    def client(self) -> redis_lib.Redis:
-        return redis_lib.Redis.from_url(self.url)
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,45 @@
-"""A real `celery worker` subprocess, for the test fixtures (tests/conftest.py) and the
-RabbitMQ test (tests/integration/test_rabbitmq.py)."""
+"""Real server processes for the tests: a private redis-server and `celery worker`s
+(tests/conftest.py, tests/faults, tests/integration/test_rabbitmq.py)."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import redis as redis_lib
+
 from core.config import Settings
+from core.localredis import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class RedisServer:
+    """A private redis-server (AOF, appendfsync everysec) that a test can stop and start again
+    on the same port with the same files."""
+
+    def __init__(self, data_dir: Path):
+        self.port = free_port()
+        self.data_dir = data_dir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = start_redis(self.port, self.data_dir, appendonly=True)
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        """SIGTERM: Redis fsyncs the AOF and exits; SIGKILL: whatever it had written."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=15)
+
+    def client(self) -> redis_lib.Redis:
+        return redis_lib.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
 
 
 class Worker:

@@ -24,12 +24,12 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-import redis as redis_lib
 from helpers import KEYS, WEBHOOK_SECRET, client_for
 from werkzeug.serving import make_server
+from workers import RedisServer
 
 from core.config import Settings
-from core.localredis import free_port, start_redis
+from core.localredis import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 # A short visibility timeout, so a message whose worker was SIGKILLed is restored quickly.
@@ -58,29 +58,6 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
-
-
-class FaultRedis:
-    """A private redis-server that a test can stop (SIGTERM or SIGKILL) and start again on the
-    same port with the same files (AOF, appendfsync everysec)."""
-
-    def __init__(self, data_dir: Path):
-        self.port = free_port()
-        self.data_dir = data_dir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = start_redis(self.port, self.data_dir, appendonly=True)
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        """SIGTERM: Redis fsyncs the AOF and exits; SIGKILL: whatever it had written."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=15)
-
-    def client(self) -> redis_lib.Redis:
-        return redis_lib.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
 
 
 def _children(pid: int) -> list[int]:
@@ -208,7 +185,7 @@ class FaultStack:
 
     def __init__(self, tmp: Path, overrides: dict[str, str] | None = None):
         self.tmp = tmp
-        self.redis = FaultRedis(tmp / "redis")
+        self.redis = RedisServer(tmp / "redis")
         self.redis.start()
         self.env = {
             "REDIS_URL": self.redis.url,
