@@ -71,6 +71,6 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
         metrics.record_job(kind, store.CANCELLED, None)
         return store.CANCELLED
     metrics.record_job(kind, status, summary)
-    if store.get_job(r, tenant, job_id).get("callback_url"):
+    if (job or {}).get("callback_url"):  # set at submission, never changed: no second read
         deliver_webhook.delay(tenant, job_id)
     return status

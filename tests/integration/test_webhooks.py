@@ -64,6 +64,16 @@ def submit(client, event_type: str, callback_url: str) -> str:
     return response.json()["job_id"]
 
 
+def wait_webhook(client, job_id: str, status: str, timeout_s: float = 15) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        webhook = client.get(f"/v1/jobs/{job_id}").json()["webhook"]
+        if webhook and webhook["status"] == status:
+            return webhook
+        time.sleep(0.05)
+    raise AssertionError(f"webhook of {job_id} never became {status}: {webhook}")
+
+
 def test_finished_job_is_delivered_signed(alpha, event_type, receiver):
     job_id = submit(alpha, event_type, receiver.url)
     receiver.wait(1)
@@ -81,13 +91,9 @@ def test_finished_job_is_delivered_signed(alpha, event_type, receiver):
     with pytest.raises(WebhookVerificationError):
         Webhook(WEBHOOK_SECRET).verify(body.replace(b"succeeded", b"failed"), headers)
 
-    job = wait_for(alpha, f"/v1/jobs/{job_id}")
-    deadline = time.monotonic() + 10
-    while (job.get("webhook") or {}).get("status") != "delivered" and time.monotonic() < deadline:
-        time.sleep(0.05)
-        job = alpha.get(f"/v1/jobs/{job_id}").json()
-    assert job["webhook"] == {"status": "delivered", "attempts": 1, "http_status": 204,
-                              "message_id": f"msg_{job_id}"}
+    assert wait_for(alpha, f"/v1/jobs/{job_id}")["status"] == "succeeded"
+    assert wait_webhook(alpha, job_id, "delivered", timeout_s=10) == {
+        "status": "delivered", "attempts": 1, "http_status": 204, "message_id": f"msg_{job_id}"}
 
 
 def test_failing_receiver_is_retried_with_the_same_id_until_it_accepts(alpha, event_type,
@@ -99,41 +105,20 @@ def test_failing_receiver_is_retried_with_the_same_id_until_it_accepts(alpha, ev
     assert ids == {f"msg_{job_id}"}
     for headers, body in receiver.received:
         Webhook(WEBHOOK_SECRET).verify(body, headers)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        webhook = alpha.get(f"/v1/jobs/{job_id}").json()["webhook"]
-        if webhook and webhook["status"] == "delivered":
-            break
-        time.sleep(0.05)
-    assert webhook["status"] == "delivered" and webhook["attempts"] == 3
+    assert wait_webhook(alpha, job_id, "delivered", timeout_s=10)["attempts"] == 3
 
 
 def test_delivery_that_never_succeeds_is_kept_as_failed(alpha, event_type, receiver):
     receiver.statuses = [500] * 10
     job_id = submit(alpha, event_type, receiver.url)
     receiver.wait(4)  # VIGIL_WEBHOOK_MAX_ATTEMPTS=4 in the test environment
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        webhook = alpha.get(f"/v1/jobs/{job_id}").json()["webhook"]
-        if webhook and webhook["status"] == "failed":
-            break
-        time.sleep(0.05)
+    webhook = wait_webhook(alpha, job_id, "failed", timeout_s=10)
     assert webhook == {"status": "failed", "attempts": 4,
                        "last_error": "receiver answered HTTP 500",
                        "message_id": f"msg_{job_id}"}
     time.sleep(1)
     assert len(receiver.received) == 4
     assert json.loads(receiver.received[-1][1])["data"]["job_id"] == job_id
-
-
-def wait_webhook(client, job_id: str, status: str, timeout_s: float = 15) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        webhook = client.get(f"/v1/jobs/{job_id}").json()["webhook"]
-        if webhook and webhook["status"] == status:
-            return webhook
-        time.sleep(0.05)
-    raise AssertionError(f"webhook of {job_id} never became {status}: {webhook}")
 
 
 def test_failed_delivery_is_listed_and_can_be_sent_again(alpha, beta, event_type, receiver):
