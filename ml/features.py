@@ -19,16 +19,20 @@ def numeric_leaves(payload: Mapping, prefix: str = "") -> dict[str, float]:
     """
     leaves: dict[str, float] = {}
     for key, value in payload.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            leaves.update(numeric_leaves(value, name + SEPARATOR))
-        elif isinstance(value, Real) and not isinstance(value, bool):
+        kind = type(value)
+        # Exact float and int first: what JSON gives, without the costlier ABC checks.
+        if kind is float:
+            if math.isfinite(value):
+                leaves[f"{prefix}{key}"] = value
+        elif kind is dict or (kind is not int and isinstance(value, Mapping)):
+            leaves.update(numeric_leaves(value, f"{prefix}{key}{SEPARATOR}"))
+        elif kind is int or (isinstance(value, Real) and not isinstance(value, bool)):
             try:
                 number = float(value)
             except OverflowError:  # an integer beyond float range is not a usable measurement
                 continue
             if math.isfinite(number):
-                leaves[name] = number
+                leaves[f"{prefix}{key}"] = number
     return leaves
 
 

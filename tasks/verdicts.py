@@ -133,11 +133,11 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
         scores = model.score(scored)
         flagged = np.flatnonzero(scores > model.threshold_)
         # Explanations cost one scoring per field, so only for the rows that need one.
-        explained = model.explain(scored.iloc[flagged]) if flagged.size else None
+        explained = model.explain(scored.iloc[flagged]).to_numpy() if flagged.size else None
         for row, score in enumerate(scores):
             verdicts[row]["anomaly_score"] = round(float(score), 6)
         for pos, row in enumerate(flagged):
-            contributors = top_contributors(explained.iloc[pos])
+            contributors = top_contributors(explained[pos], model.features_)
             named = ", ".join(c["field"] for c in contributors) or "the combination of fields"
             verdicts[row]["warnings"].append({
                 "code": "anomaly", "field": None,

@@ -71,15 +71,28 @@ def test_explain_blames_the_field_that_was_made_extreme(model):
     assert contributions.loc[1].idxmax() == "c" and contributions.at[1, "c"] > 0
 
 
+def test_scores_are_sklearns_own(model):
+    """The fast path must give exactly what IsolationForest.score_samples gives, for a
+    batch, a single row and a model loaded without the precomputed path lengths."""
+    rows = pd.concat([sample(np.random.default_rng(5), 500), extreme(7.0)], ignore_index=True)
+    expected = -model.forest_.score_samples(rows.to_numpy())
+    np.testing.assert_array_equal(model.score(rows), expected)
+    np.testing.assert_array_equal(model.score(rows.iloc[[500]]), expected[[500]])
+    old = clone(model)
+    old.__dict__.update({k: v for k, v in vars(model).items() if k != "path_lengths_"})
+    np.testing.assert_array_equal(old.score(rows), expected)
+
+
 def test_top_contributors_orders_by_contribution_and_drops_non_positive():
-    contributions = pd.Series({"a": 0.1, "b": 0.30004, "c": -0.2, "d": 0.0, "e": 0.2})
-    assert top_contributors(contributions) == [
+    fields = ["a", "b", "c", "d", "e"]
+    contributions = np.array([0.1, 0.30004, -0.2, 0.0, 0.2])
+    assert top_contributors(contributions, fields) == [
         {"field": "b", "contribution": 0.3},
         {"field": "e", "contribution": 0.2},
         {"field": "a", "contribution": 0.1},
     ]
-    assert [c["field"] for c in top_contributors(contributions, limit=2)] == ["b", "e"]
-    assert top_contributors(pd.Series({"a": -1.0, "b": 0.0})) == []
+    assert [c["field"] for c in top_contributors(contributions, fields, limit=2)] == ["b", "e"]
+    assert top_contributors(np.array([-1.0, 0.0]), ["a", "b"]) == []
 
 
 @pytest.mark.parametrize("X", [
