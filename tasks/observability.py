@@ -13,9 +13,16 @@ import os
 import time
 from typing import Any
 
-from celery.signals import setup_logging, task_failure, task_postrun, task_prerun
+from celery.signals import (
+    setup_logging,
+    task_failure,
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+)
 
 from core import logs, metrics
+from core.gctuning import tune_gc
 
 log = logging.getLogger("vigil.task")
 
@@ -45,6 +52,11 @@ def task_fields(task: Any, args: Any, kwargs: Any) -> dict[str, Any]:
     if isinstance(bound.get("requests"), list):
         fields["batch_size"] = len(bound["requests"])
     return fields
+
+
+@worker_process_init.connect
+def _process_started(**_: Any) -> None:
+    tune_gc()
 
 
 @task_prerun.connect
