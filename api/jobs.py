@@ -123,8 +123,8 @@ class Job(MethodView):
                 return job_document(job, None)
             # The results were stored as the JSON clients get: splice them in as they are
             # rather than parse and re-serialise thousands of them (JobSchema documents them).
-            head = flask.json.dumps(job_document(job, None))
-            return flask.Response(head[:-1] + ',"results":' + raw + "}",
+            head = flask.json.dumps(job_document(job, None)).encode()
+            return flask.Response(b"".join((head[:-1], b',"results":', raw, b"}")),
                                   mimetype="application/json")
         # Poll again in about a second; large jobs report progress meanwhile.
         return job_document(job, None), 200, {"Retry-After": "1"}

