@@ -1,15 +1,14 @@
-"""Events and HTTP load for the benchmark (asyncio + httpx.AsyncClient).
+"""Events and HTTP load for the benchmark (asyncio streams, a minimal HTTP/1.1 client).
 
 Every generator measures from the client's side and returns figures; none asserts anything.
 Request bodies are serialised once, before the clock starts, so the client spends its time
 sending and reading, not building JSON.
 
-The batch path (few, large requests) uses httpx.AsyncClient. The single-event paths (hundreds
-of small requests per second) use Http below: one HTTP/1.1 request per TCP connection over
-asyncio streams, as gunicorn's sync workers answer anyway (they close every connection). The
-load generator shares the machine's cores with the system it measures, and Http costs the
-client about 0.3 ms of CPU per request where httpx costs about 1.6 ms (measured here): with
-httpx, a 500 req/s open loop alone would take most of a core from the server.
+Every generator uses Http below: one HTTP/1.1 request per TCP connection over asyncio
+streams, as gunicorn's sync workers answer anyway (they close every connection). The load
+generator shares the machine's cores with the system it measures, and Http costs the client
+about 0.3 ms of CPU per request where httpx costs about 1.6 ms (measured here): with httpx,
+a 500 req/s open loop alone would take most of a core from the server.
 
 `python -m benchmarks.load saturate --url ... --redis ... --seconds ...` is the background
 batch stream that keeps Vigil's workers busy while submit latency is measured (a separate
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import orjson
 
 from core import keys
 from core.config import DEV_API_KEY, DEV_TENANT
@@ -172,13 +172,6 @@ def _dechunk(data: bytes) -> bytes:
         pos = end + 2 + size + 2
 
 
-def _client(connections: int, timeout_s: float = 60.0) -> httpx.AsyncClient:
-    # gunicorn's sync workers close every connection after one response: no keep-alive to reuse.
-    return httpx.AsyncClient(headers=HEADERS, timeout=timeout_s,
-                             limits=httpx.Limits(max_connections=connections,
-                                                 max_keepalive_connections=connections))
-
-
 # --- batch path -----------------------------------------------------------------------------
 
 async def batch_stream(url: str, bodies: Sequence[bytes], seconds: float, *, in_flight: int = 4,
@@ -186,37 +179,40 @@ async def batch_stream(url: str, bodies: Sequence[bytes], seconds: float, *, in_
     """Closed loop: in_flight jobs at a time, each POSTed then polled (GET) until it finished.
 
     Events/s: events of every succeeded job over the time from the first POST to the last
-    verdict read (jobs started before the deadline all finish).
+    verdict read (jobs started before the deadline all finish). Http and orjson rather than
+    httpx and json: the client shares the cores it measures, and with httpx it took a
+    quarter of the machine reading 1,000-verdict answers.
     """
     result = Throughput()
-    per_job = len(json.loads(bodies[0])["events"])
+    http = Http(url)
+    per_job = len(orjson.loads(bodies[0])["events"])
     counter = iter(range(10**9))
     started = time.perf_counter()
     deadline = started + seconds
     last_done = started
 
-    async def one_loop(client: httpx.AsyncClient) -> None:
+    async def one_loop() -> None:
         nonlocal last_done
         while time.perf_counter() < deadline:
             body = bodies[next(counter) % len(bodies)]
             try:
-                response = await client.post(f"{url}/v1/jobs", content=body)
-            except httpx.HTTPError:
-                response = None
-            if response is None or response.status_code != 202:
+                status, answer = await http.request("POST", "/v1/jobs", body)
+            except (OSError, TimeoutError):
+                status = 0
+            if status != 202:
                 result.errors += 1
-                result.codes[response.status_code if response is not None else 0] += 1
+                result.codes[status] += 1
                 await asyncio.sleep(poll_s)
                 continue
-            status_url = f"{url}/v1/jobs/{response.json()['job_id']}"
+            status_url = f"/v1/jobs/{orjson.loads(answer)['job_id']}"
             job: dict = {}
             while job.get("status") not in FINISHED and time.perf_counter() < deadline + 60:
                 await asyncio.sleep(poll_s)
                 try:
-                    response = await client.get(status_url)
-                except httpx.HTTPError:
+                    status, answer = await http.request("GET", status_url)
+                    job = orjson.loads(answer) if status == 200 else {}
+                except (OSError, TimeoutError, ValueError):
                     continue
-                job = response.json() if response.status_code == 200 else {}
             if job.get("status") == "succeeded":
                 result.events += per_job
                 _count_verdicts(job["results"], result)
@@ -224,8 +220,7 @@ async def batch_stream(url: str, bodies: Sequence[bytes], seconds: float, *, in_
             else:
                 result.errors += 1
 
-    async with _client(2 * in_flight) as client:
-        await asyncio.gather(*(one_loop(client) for _ in range(in_flight)))
+    await asyncio.gather(*(one_loop() for _ in range(in_flight)))
     result.elapsed_s = last_done - started
     return result
 
@@ -265,7 +260,7 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
                 result.codes[status] += 1
                 room.release()
                 continue
-            pending.put_nowait(json.loads(body)["status_url"])
+            pending.put_nowait(orjson.loads(body)["status_url"])
 
     async def poll() -> None:
         nonlocal last_done
@@ -281,7 +276,7 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
             while True:
                 try:
                     status, body = await http.request("GET", status_url)
-                    job = json.loads(body) if status == 200 else {}
+                    job = orjson.loads(body) if status == 200 else {}
                 except (OSError, TimeoutError, ValueError):
                     job = {}
                 if job.get("status") in FINISHED or time.perf_counter() > deadline + drain_s:
@@ -323,7 +318,7 @@ async def sync_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
                 status = 0
             if status == 200:
                 result.events += 1
-                _count_verdicts([json.loads(body)], result)
+                _count_verdicts([orjson.loads(body)], result)
             else:
                 result.errors += 1
                 result.codes[status] += 1
