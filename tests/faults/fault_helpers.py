@@ -34,6 +34,10 @@ from core.localredis import free_port
 ROOT = Path(__file__).resolve().parents[2]
 # A short visibility timeout, so a message whose worker was SIGKILLed is restored quickly.
 VISIBILITY_TIMEOUT_S = 5
+# Events in a job that must still be running when a fault is injected: a worker judges some
+# 30,000-50,000 events/s, so 100,000 give two seconds or more (~10 MB of JSON: the body limit
+# is raised to match).
+BIG_JOB = 100_000
 # One log line per request (the app's, werkzeug's, httpx's) would bury a failure's report.
 QUIET_LOGGERS = ("httpx", "werkzeug", "vigil.http")
 # Webhook retries after 0.2, 0.4, 0.8, 1.6, then every 2 s: each below half the visibility
@@ -199,6 +203,8 @@ class FaultStack:
             "VIGIL_ALLOW_PRIVATE_CALLBACKS": "127.0.0.1/32",
             # Tests poll fast; the per-tenant rate limit is not what they test.
             "VIGIL_RATE_LIMIT": "0",
+            "VIGIL_MAX_EVENTS_PER_JOB": str(BIG_JOB),
+            "VIGIL_MAX_BODY_BYTES": str(32 * 1024 * 1024),
             **(overrides or {}),
         }
         self.settings = Settings.from_env(self.env)

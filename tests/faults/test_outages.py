@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from fault_helpers import (
+    BIG_JOB,
     FINISHED,
     WEBHOOK_SCHEDULE_S,
     FaultStack,
@@ -93,7 +94,7 @@ def test_accepted_jobs_survive_a_redis_restart(fault_stack: FaultStack):
     assert all(job["summary"]["events"] >= 1 for job in jobs)
 
 
-BIG = 10_000
+BIG = BIG_JOB
 # Long enough that the running task meets the outage (and a Celery retry could not be
 # published before Redis is back: the case that used to lose the job), short enough that the
 # workers reconnect on their first attempt, 2 s after the loss, before the message could be

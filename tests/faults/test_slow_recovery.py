@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import time
 
-from fault_helpers import VISIBILITY_TIMEOUT_S, FaultWorker, accepted, epoch, get_job, wait_until
+from fault_helpers import (
+    BIG_JOB,
+    VISIBILITY_TIMEOUT_S,
+    FaultWorker,
+    accepted,
+    epoch,
+    get_job,
+    wait_until,
+)
 
-EVENTS = 10_000
+EVENTS = BIG_JOB
 T0 = 1_790_000_000
 
 

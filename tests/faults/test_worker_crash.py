@@ -9,9 +9,11 @@ time ends `failed` with a reason instead of being redelivered forever.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fault_helpers import (
+    BIG_JOB,
     VISIBILITY_TIMEOUT_S,
     FaultStack,
     Timeout,
@@ -22,7 +24,7 @@ from fault_helpers import (
     wait_until,
 )
 
-EVENTS = 10_000
+EVENTS = BIG_JOB
 T0 = 1_790_000_000
 
 
@@ -38,8 +40,10 @@ def baseline_count(client, event_type: str, field: str = "x") -> int:
 
 
 def submit(client, event_type: str, values: list[float]) -> str:
-    events = [{"event_type": event_type, "timestamp": T0 + 86_400 + i, "event_id": f"e-{i}",
-               "payload": {"x": x}} for i, x in enumerate(values)]
+    # Spread over the ~10,000 s of the day the history covers, so the model's time-of-day
+    # feature sees nothing new.
+    events = [{"event_type": event_type, "timestamp": T0 + 86_400 + i * 10_000 / len(values),
+               "event_id": f"e-{i}", "payload": {"x": x}} for i, x in enumerate(values)]
     return accepted(client.post("/v1/jobs", json={"events": events}))
 
 
@@ -87,7 +91,12 @@ def sigkilled(fault_stack: FaultStack) -> dict:
         assert wait_finished(client, job_id, 30, stack)["status"] == "succeeded"
     counts_before = {t: baseline_count(client, t) for t in ("checkout", "pay")}
 
-    jobs = {"checkout": submit(client, "checkout", STEADY), "pay": submit(client, "pay", SHIFTED)}
+    # Submitted side by side: one after the other, the first could finish while the second
+    # (100,000 events) is still being uploaded.
+    with ThreadPoolExecutor(2) as pool:
+        submitted = {t: pool.submit(submit, stack.client(), t, values)
+                     for t, values in (("checkout", STEADY), ("pay", SHIFTED))}
+        jobs = {t: future.result() for t, future in submitted.items()}
     running = wait_until(
         lambda: (docs := {t: get_job(client, j) for t, j in jobs.items()})
         and all(mid_run(doc, 1000) for doc in docs.values()) and docs,
