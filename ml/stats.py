@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,9 +53,15 @@ class Moments:
 
 def frame_moments(frame: pd.DataFrame) -> dict[str, Moments]:
     """Moments of every column, ignoring missing values; columns with no values are left out."""
+    return column_moments(frame.to_numpy(dtype=float), list(frame.columns))
+
+
+def column_moments(matrix: np.ndarray, columns: Sequence[str]) -> dict[str, Moments]:
+    """frame_moments on a float matrix with its column names (no pandas: cheap for the
+    one-row batches of single events)."""
     result = {}
-    for column in frame.columns:
-        moments = Moments.of(frame[column].to_numpy())
+    for column, values in zip(columns, matrix.T):
+        moments = Moments.of(values)
         if moments.n:
             result[column] = moments
     return result

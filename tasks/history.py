@@ -31,7 +31,7 @@ def import_history(r: redis.Redis, cfg: Settings, tenant: str,
         fields.update(values.columns)
         store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}", frame_moments(values),
                           accepted_rows(values, [e["timestamp"] for e in chunk]),
-                          recent=values_in_order(values))
+                          recent=values_in_order(values.to_numpy(dtype=float), list(values.columns)))
         store.set_progress(r, tenant, job_id, start + len(chunk))
     summary = {"events": len(events), "fields": sorted(fields)}
     return {**summary, **_train_summary(r, cfg, tenant, event_type)}, None

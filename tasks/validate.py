@@ -16,7 +16,7 @@ from celery import shared_task
 from core.config import Settings
 from ml.anomaly import robust_moments
 from ml.features import model_frame, payload_frame
-from ml.stats import Moments, frame_moments
+from ml.stats import Moments, column_moments
 from tasks import store
 from tasks.lifecycle import JOB_TASK_OPTIONS, run_job
 from tasks.models import current_model, schedule_training, wants_training
@@ -33,9 +33,10 @@ def accepted_rows(values: pd.DataFrame, timestamps: list[float]) -> list[dict]:
             for ts, row in zip(timestamps, values.to_numpy(dtype=float))]
 
 
-def values_in_order(values: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Every value of each field, in row (time) order, for the recent baseline."""
-    return {field: column.dropna().to_numpy(dtype=float) for field, column in values.items()}
+def values_in_order(matrix: np.ndarray, columns: list[str]) -> dict[str, np.ndarray]:
+    """Every value of each field (a column of ``matrix``), in row (time) order, for the
+    recent baseline."""
+    return {field: column[~np.isnan(column)] for field, column in zip(columns, matrix.T)}
 
 
 def snapshot(baseline: dict[str, Moments], recent: dict[str, Moments]) -> dict[str, dict]:
@@ -156,14 +157,16 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     positions: dict[str, list[int]] = defaultdict(list)
     for position, (job_id, _, _) in enumerate(chunk):
         positions[job_id].append(position)
-    values, rows, verdicts = judged.values, judged.rows, judged.verdicts
+    rows, verdicts = judged.rows, judged.verdicts
+    # numpy rather than pandas per job: a micro-batch holds hundreds of one-event jobs.
+    matrix, columns = judged.values.to_numpy(dtype=float), list(judged.values.columns)
     pipe = r.pipeline(transaction=True)
     for job_id, mine in positions.items():
         valid = [p for p in mine if verdicts[p]["valid"]]
         store.apply_batch(
             pipe, cfg, tenant, event_type, batches[job_id],
-            frame_moments(values.iloc[valid]), [rows[p] for p in valid],
-            recent=values_in_order(values.iloc[mine]),
+            column_moments(matrix[valid], columns), [rows[p] for p in valid],
+            recent=values_in_order(matrix[mine], columns),
             flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
                      for p in mine if not verdicts[p]["valid"]])
         store.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
