@@ -136,6 +136,9 @@ class Settings:
     allow_private_callbacks: tuple[str, ...] = ()
     # Requests per second per tenant on /v1 (api/ratelimit.py); 0: unlimited.
     rate_limit: int = 1000
+    # Worker processes run this much nicer than they start (tasks/worker.py): where the API
+    # and the workers share cores, busy workers yield the CPU to requests.
+    worker_nice: int = 10
 
     @property
     def recent_alpha(self) -> float:
@@ -202,6 +205,7 @@ class Settings:
             allow_private_callbacks=get("VIGIL_ALLOW_PRIVATE_CALLBACKS", defaults.allow_private_callbacks,
                                         _private_networks),
             rate_limit=get("VIGIL_RATE_LIMIT", defaults.rate_limit, int),
+            worker_nice=get("VIGIL_WORKER_NICE", defaults.worker_nice, int),
         )
         settings.check()
         return settings
@@ -240,6 +244,8 @@ class Settings:
                 raise ConfigError(f"{name} must be at least 1")
         if self.rate_limit < 0:
             raise ConfigError("VIGIL_RATE_LIMIT must be 0 (no limit) or more requests per second")
+        if not 0 <= self.worker_nice <= 19:
+            raise ConfigError("VIGIL_WORKER_NICE must be between 0 (as started) and 19 (nicest)")
         try:
             for network in self.allow_private_callbacks:
                 ipaddress.ip_network(network, strict=False)

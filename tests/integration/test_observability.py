@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import time
 import uuid
 
@@ -183,3 +184,22 @@ def test_queue_depth_counts_priority_lists_and_skips_an_unreachable_redis(redis_
         client.delete(queue, f"{queue}\x06\x163")
     down = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
     assert list(QueueDepthCollector(down, ["celery"]).collect()) == []
+
+
+def _niceness(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[16])  # field 19: nice
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
+def test_workers_and_their_pools_run_nicer_than_the_api(worker, settings):
+    """Busy workers must yield the CPU to API requests (VIGIL_WORKER_NICE, default 10)."""
+    ours = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = min(19, ours + settings.worker_nice)
+    pool = _children(worker.proc.pid)
+    assert pool, "the worker has no pool processes"
+    assert [_niceness(pid) for pid in [worker.proc.pid, *pool]] == [expected] * (1 + len(pool))

@@ -74,7 +74,8 @@ def test_non_numeric_setting_names_the_variable(name, raw):
 
 
 @pytest.mark.parametrize("env", [{"VIGIL_ENV": "prod"}, {"VIGIL_Z_THRESHOLD": "0"},
-                                 {"VIGIL_MIN_HISTORY": "1"}, {"VIGIL_ANOMALY_CONTAMINATION": "0.5"}])
+                                 {"VIGIL_MIN_HISTORY": "1"}, {"VIGIL_ANOMALY_CONTAMINATION": "0.5"},
+                                 {"VIGIL_WORKER_NICE": "20"}, {"VIGIL_WORKER_NICE": "-1"}])
 def test_meaningless_settings_are_refused(env):
     with pytest.raises(ConfigError):
         Settings.from_env(env)
