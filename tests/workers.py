@@ -42,6 +42,12 @@ class RedisServer:
         return redis_lib.Redis.from_url(self.url, socket_timeout=5, socket_connect_timeout=2)
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is pid (a worker's pool)."""
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
 class Worker:
     """A real `celery worker` subprocess of one role (see tasks.WORKER_ARGS)."""
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 from helpers import KEYS, WEBHOOK_SECRET, client_for
 from werkzeug.serving import make_server
-from workers import RedisServer
+from workers import RedisServer, child_pids
 
 from core.config import Settings
 from core.localredis import free_port
@@ -62,11 +62,6 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str,
         if time.monotonic() > deadline:
             raise Timeout(f"timed out after {timeout_s}s waiting for {what}")
         time.sleep(interval_s)
-
-
-def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in found.split()]
 
 
 class FaultWorker:
@@ -137,7 +132,7 @@ class FaultWorker:
             app.close()
 
     def pool_children(self) -> list[int]:
-        return _children(self.pid)
+        return child_pids(self.pid)
 
     def kill_pool_children(self) -> list[int]:
         """SIGKILL every pool process (as the OOM killer would); the main process lives on."""

@@ -17,6 +17,7 @@ import httpx
 import redis
 from helpers import KEYS, wait_for
 from prometheus_client.parser import text_string_to_metric_families
+from workers import child_pids
 
 from core.localredis import free_port
 from core.logs import json_handler
@@ -191,15 +192,10 @@ def _niceness(pid: int) -> int:
         return int(stat.read().rsplit(")", 1)[1].split()[16])  # field 19: nice
 
 
-def _children(pid: int) -> list[int]:
-    with open(f"/proc/{pid}/task/{pid}/children") as children:
-        return [int(child) for child in children.read().split()]
-
-
 def test_workers_and_their_pools_run_nicer_than_the_api(worker, settings):
     """Busy workers must yield the CPU to API requests (VIGIL_WORKER_NICE, default 10)."""
     ours = os.getpriority(os.PRIO_PROCESS, 0)
     expected = min(19, ours + settings.worker_nice)
-    pool = _children(worker.proc.pid)
+    pool = child_pids(worker.proc.pid)
     assert pool, "the worker has no pool processes"
     assert [_niceness(pid) for pid in [worker.proc.pid, *pool]] == [expected] * (1 + len(pool))
