@@ -36,7 +36,7 @@ def ceiling(history: Sequence[dict], bodies: Sequence[bytes], cfg: Settings,
         model_frame(values, stamps, {}, cfg.derived_features))
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     schema = JobSubmitSchema()
-    parsed = [schema.load(orjson.loads(body))["events"] for body in bodies]
+    parsed = [] if with_parsing else [schema.load(orjson.loads(body))["events"] for body in bodies]
 
     judged, k = 0, 0
     started = time.perf_counter()

@@ -9,7 +9,7 @@ from celery import shared_task
 
 from core.config import Settings
 from ml.features import payload_frame
-from ml.stats import frame_moments
+from ml.stats import column_moments
 from tasks import store
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import train
@@ -29,9 +29,11 @@ def import_history(r: redis.Redis, cfg: Settings, tenant: str,
         chunk = events[start:start + CHUNK]
         values = payload_frame([e["payload"] for e in chunk])
         fields.update(values.columns)
-        store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}", frame_moments(values),
+        matrix, columns = values.to_numpy(dtype=float), list(values.columns)
+        store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}",
+                          column_moments(matrix, columns),
                           accepted_rows(values, [e["timestamp"] for e in chunk]),
-                          recent=values_in_order(values.to_numpy(dtype=float), list(values.columns)))
+                          recent=values_in_order(matrix, columns))
         store.set_progress(r, tenant, job_id, start + len(chunk))
     summary = {"events": len(events), "fields": sorted(fields)}
     return {**summary, **_train_summary(r, cfg, tenant, event_type)}, None
