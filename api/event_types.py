@@ -65,7 +65,7 @@ class Baseline(MethodView):
 
 @blp.route("/<event_type>/history")
 class History(MethodView):
-    @blp.arguments(HistorySubmitSchema)
+    @blp.arguments(HistorySubmitSchema())
     @blp.doc(requestBody=CSV_BODY, parameters=[HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, body: dict, event_type: str):

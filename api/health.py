@@ -8,6 +8,7 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from api.services import services
+from core import keys
 from core.metrics import CONTENT_TYPE_LATEST, QueueDepthCollector, exposition
 
 blp = Blueprint("health", __name__, description="Health and metrics.")
@@ -66,9 +67,9 @@ class Metrics(MethodView):
         `vigil_queue_depth` is read from Redis at each scrape.
         """
         svc = services()
-        # Queue depth is read from Redis lists: only meaningful when Redis is the broker.
+        # Celery queues are read from Redis lists: only meaningful when Redis is the broker.
+        # The single-event inbox is in the job store, whatever the broker.
         broker_is_redis = svc.celery.conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
-        extra = [QueueDepthCollector(svc.redis, celery_queues(svc.celery.conf))] \
-            if broker_is_redis else []
-        body = exposition(*extra)
+        queues = celery_queues(svc.celery.conf) if broker_is_redis else []
+        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=keys.events_inbox()))
         return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

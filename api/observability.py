@@ -36,7 +36,8 @@ def _start() -> None:
 
 
 def _job_id(response: flask.Response) -> str | None:
-    job_id = (flask.request.view_args or {}).get("job_id")
+    # Set by the view that created the job (api.jobs.accept): no need to parse the answer.
+    job_id = (flask.request.view_args or {}).get("job_id") or flask.g.get("job_id")
     if job_id is None and response.is_json and not response.direct_passthrough \
             and (response.content_length or 0) <= MAX_SCANNED_BODY:
         body = response.get_json(silent=True)

@@ -19,6 +19,8 @@ DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
 EVENTS_QUEUE = "events"
 # Beat hands out webhook retries due later than a Celery countdown may wait, this often.
 WEBHOOK_SWEEP_S = 5.0
+# How often beat returns lapsed single-event claims to the inbox (tasks.micro_batch).
+EVENTS_SWEEP_S = 5.0
 BASELINE_MODES = ("both", "all_time", "recent", "robust")
 DERIVED_FEATURES = ("time_of_day", "delta")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -275,9 +277,11 @@ class Settings:
                 "unacked_restore_throttle": 1,
             },
             "broker_connection_retry_on_startup": True,
-            # Single events go to their own queue, consumed by a worker that buffers them
-            # into micro-batches (tasks.micro_batch); jobs stay on the default queue.
-            "task_routes": {"vigil.validate_events": {"queue": EVENTS_QUEUE}},
+            # Single events wait in an inbox in Redis (tasks.inbox); the messages that wake
+            # the worker draining it go to their own queue, so a long batch job on the
+            # default queue never holds them back.
+            "task_routes": {"vigil.validate_events": {"queue": EVENTS_QUEUE},
+                            "vigil.sweep_events": {"queue": EVENTS_QUEUE}},
             "worker_send_task_events": True,
             # No task-sent events: one more broker write per submission (~1 ms of API CPU);
             # Flower still sees every task from 'received' on.
@@ -290,6 +294,10 @@ class Settings:
                 "send-due-webhooks": {
                     "task": "vigil.send_due_webhooks",
                     "schedule": WEBHOOK_SWEEP_S,
+                },
+                "sweep-events": {
+                    "task": "vigil.sweep_events",
+                    "schedule": EVENTS_SWEEP_S,
                 },
             },
         }

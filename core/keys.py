@@ -114,3 +114,15 @@ def webhooks_scheduled() -> str:
 def known_types() -> str:
     """Set: '<tenant>:<event type>' for every type with history (beat walks it to retrain)."""
     return f"{PREFIX}:known-types"
+
+
+def events_inbox() -> str:
+    """List: '<tenant>:<job id>' of single-event jobs waiting for the events worker, oldest
+    first (tasks.inbox)."""
+    return f"{PREFIX}:events-inbox"
+
+
+def events_claimed() -> str:
+    """Sorted set: '<tenant>:<job id>' taken from the inbox by a worker, scored by when the
+    claim lapses (a worker that died leaves them here; the sweep puts them back)."""
+    return f"{PREFIX}:events-claimed"

@@ -99,6 +99,7 @@ def record_jobs(kind: str, outcomes: Mapping[str, Sequence], finished: Iterable[
 # a priority in lists named queue + "\x06\x16" + step (kombu.transport.redis: sep, PRIORITY_STEPS).
 _PRIORITY_SEP = "\x06\x16"
 _PRIORITY_STEPS = (3, 6, 9)
+INBOX_LABEL = "events-inbox"
 
 
 class QueueDepthCollector:
@@ -106,8 +107,8 @@ class QueueDepthCollector:
     scraped (a value from the moment of the scrape, not one any process has to keep up to date).
     Nothing is reported while Redis does not answer, so /metrics itself still does."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str]):
-        self.client, self.queues = client, list(dict.fromkeys(queues))
+    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None):
+        self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -115,6 +116,8 @@ class QueueDepthCollector:
             for queue in self.queues:
                 for name in (queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)):
                     pipe.llen(name)
+            if self.inbox_key:
+                pipe.llen(self.inbox_key)
             lengths = pipe.execute()
         except redis.RedisError as exc:
             log.warning("queue depth not scraped: %s", type(exc).__name__)
@@ -124,6 +127,8 @@ class QueueDepthCollector:
         per_queue = 1 + len(_PRIORITY_STEPS)
         for i, queue in enumerate(self.queues):
             family.add_metric([queue], sum(lengths[i * per_queue:(i + 1) * per_queue]))
+        if self.inbox_key:  # single-event jobs waiting for the events worker (tasks.inbox)
+            family.add_metric([INBOX_LABEL], lengths[-1])
         yield family
 
 

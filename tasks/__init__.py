@@ -10,12 +10,12 @@ TASK_MODULES = ["tasks.validate", "tasks.micro_batch", "tasks.history", "tasks.m
 
 
 # The two kinds of worker (`make run` and the tests use these; docker-compose.yml spells
-# them out): jobs take one message at a time; the events worker must hold a whole
-# micro-batch of messages unacknowledged, so its prefetch exceeds the batch size
-# (celery-batches' requirement; tasks.micro_batch.FLUSH_EVERY is 500).
+# them out), each taking one message at a time: jobs on the default queue; on the events
+# queue, the tasks that drain the single-event inbox (tasks.micro_batch), so single events
+# never wait behind a 10,000-event job.
 WORKER_ARGS = {
     "worker": ["-Q", "celery", "--concurrency", "2", "--prefetch-multiplier", "1"],
-    "events": ["-Q", EVENTS_QUEUE, "--concurrency", "1", "--prefetch-multiplier", "1000"],
+    "events": ["-Q", EVENTS_QUEUE, "--concurrency", "1", "--prefetch-multiplier", "1"],
 }
 
 

@@ -1,24 +1,26 @@
 """Single-event jobs scored together: one vectorised pass per event type per micro-batch.
 
-celery-batches buffers `validate_events` messages in the worker and hands them over as one
-list every FLUSH_EVERY messages or FLUSH_INTERVAL_S seconds, whichever comes first, so a
-lone event waits at most that long. With acks_late, every message is acknowledged only
-after its batch ran: a worker killed mid-batch has its messages redelivered, and each job's
-merge is idempotent (tasks.validate.merge_per_job), so nothing is lost or counted twice.
+The API appends single-event jobs to the inbox (tasks.inbox) and wakes this task when the
+inbox was empty. The task claims up to MAX_BATCH waiting jobs at once, judges them together,
+and claims again until the inbox is empty: events that arrive while a batch is judged form
+the next batch, so a lone event is judged at once and batches grow with the load by
+themselves. A worker that dies mid-batch leaves its claims, which the sweep (beat, every
+EVENTS_SWEEP_S) puts back once they lapse (VIGIL_VISIBILITY_TIMEOUT); merges are idempotent per job
+(tasks.validate.merge_per_job), so nothing is lost or counted twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from functools import partial
 
 import redis
 from celery import shared_task
-from celery_batches import Batches
 
 from core import metrics
-from tasks import store
+from tasks import inbox, store
 from tasks.context import redis_client, settings, through_outages
 from tasks.lifecycle import MAX_DELIVERIES, died_too_often
 from tasks.validate import judge_jobs, summarise
@@ -26,26 +28,64 @@ from tasks.webhooks import deliver_webhook
 
 log = logging.getLogger(__name__)
 
-FLUSH_EVERY = 500
-FLUSH_INTERVAL_S = 0.05
+MAX_BATCH = 500
+# A task drains for at most this long, then hands over to a fresh message, so one task
+# does not run forever under a steady stream (Flower, time limits, restarts stay sane).
+DRAIN_BUDGET_S = 10.0
 
 
-@shared_task(base=Batches, name="vigil.validate_events", flush_every=FLUSH_EVERY,
-             flush_interval=FLUSH_INTERVAL_S, acks_late=True, ignore_result=True)
-def validate_events(requests) -> None:
-    by_tenant: dict[str, list[str]] = defaultdict(list)
-    for request in requests:
-        tenant, job_id = request.args
-        by_tenant[tenant].append(job_id)
-    for tenant, job_ids in by_tenant.items():
-        run_batch(redis_client(), tenant, job_ids)
+@shared_task(name=inbox.WAKE_TASK, acks_late=True, ignore_result=True)
+def validate_events(tenant: str | None = None, job_id: str | None = None) -> int:
+    """Drain the inbox; returns the number of jobs judged.
+
+    (tenant, job_id): a message of the earlier design, one per event, still queued after an
+    upgrade; its job goes into the inbox first, so it is not lost.
+    """
+    r, cfg = redis_client(), settings()
+    if tenant and job_id:
+        through_outages(partial(_append, r, tenant, job_id), "append to inbox")
+    judged, deadline = 0, time.monotonic() + DRAIN_BUDGET_S
+    while True:
+        until = time.time() + cfg.visibility_timeout_s
+        claimed = through_outages(partial(inbox.claim, r, MAX_BATCH, until), "claim events")
+        if not claimed:
+            return judged
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for owner, claimed_id in claimed:
+            by_tenant[owner].append(claimed_id)
+        for owner, job_ids in by_tenant.items():
+            run_batch(r, owner, job_ids)
+        through_outages(partial(inbox.release, r, claimed), "release events")
+        judged += len(claimed)
+        if time.monotonic() > deadline:
+            validate_events.delay()  # the rest in a fresh task
+            return judged
+
+
+def _append(r: redis.Redis, tenant: str, job_id: str) -> None:
+    pipe = r.pipeline()
+    inbox.append(pipe, tenant, job_id)
+    pipe.execute()
+
+
+@shared_task(name="vigil.sweep_events", ignore_result=True)
+def sweep_events() -> None:
+    """Beat: put lapsed claims back in the inbox, and wake the events worker if anything is
+    waiting (also when the message that should have woken it was lost)."""
+    r = redis_client()
+    reclaimed = inbox.reclaim_lapsed(r, time.time())
+    if reclaimed:
+        log.warning("single events reclaimed from a worker that stopped",
+                    extra={"jobs": reclaimed})
+    if inbox.waiting(r):
+        validate_events.delay()
 
 
 def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
     """Start, judge and finish a micro-batch of one tenant's jobs.
 
-    The batch's messages are acknowledged when the task returns, so a Redis outage is waited
-    out step by step (through_outages) rather than abandoning the jobs half-done.
+    Claims are dropped only after this returns, so a Redis outage is waited out step by step
+    (through_outages) rather than abandoning the jobs half-done.
     """
     cfg = settings()
     deliveries = through_outages(partial(store.start_jobs, r, tenant, job_ids), "start jobs")

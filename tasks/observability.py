@@ -23,6 +23,7 @@ from celery.signals import (
 
 from core import logs, metrics
 from core.gctuning import tune_gc
+from tasks import inbox
 
 log = logging.getLogger("vigil.task")
 
@@ -41,17 +42,12 @@ def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
 
 
 def task_fields(task: Any, args: Any, kwargs: Any) -> dict[str, Any]:
-    """tenant, job_id, event_type: whichever of them the task takes, by parameter name; for a
-    micro-batch task (celery-batches: one list of requests), how many messages it ran."""
+    """tenant, job_id, event_type: whichever of them the task takes, by parameter name."""
     try:
         bound = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {})).arguments
     except (TypeError, ValueError):
         return {}
-    fields: dict[str, Any] = {name: bound[name] for name in LOGGED_ARGS
-                              if isinstance(bound.get(name), str)}
-    if isinstance(bound.get("requests"), list):
-        fields["batch_size"] = len(bound["requests"])
-    return fields
+    return {name: bound[name] for name in LOGGED_ARGS if isinstance(bound.get(name), str)}
 
 
 @worker_process_init.connect
@@ -73,7 +69,7 @@ def _failure(task_id: str | None = None, exception: BaseException | None = None,
 
 @task_postrun.connect
 def _postrun(task_id: str | None = None, task: Any = None, args: Any = None, kwargs: Any = None,
-             state: str | None = None, **_: Any) -> None:
+             state: str | None = None, retval: Any = None, **_: Any) -> None:
     started, error = _running.pop(task_id, (None, None)) if task_id else (None, None)
     name = getattr(task, "name", None) or "unknown"
     duration = time.perf_counter() - started if started is not None else None
@@ -82,6 +78,8 @@ def _postrun(task_id: str | None = None, task: Any = None, args: Any = None, kwa
     fields: dict[str, Any] = {"event": "task", "task": name, "task_id": task_id,
                               **task_fields(task, args, kwargs), "state": state,
                               "duration_ms": round(duration * 1000, 2) if duration is not None else None}
+    if name == inbox.WAKE_TASK and isinstance(retval, int):
+        fields["jobs"] = retval  # single-event jobs the drain judged
     if error:
         fields["error"] = error
     level = logging.WARNING if state == "FAILURE" else logging.INFO

@@ -18,6 +18,7 @@ import redis
 from core import keys
 from core.config import Settings
 from ml.stats import Moments
+from tasks import inbox
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled")
@@ -58,6 +59,27 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
                events: Sequence[Mapping] = (), event_type: str | None = None,
                callback_url: str | None = None) -> str:
     """Store a queued job and its events; the caller enqueues the task that runs it."""
+    pipe = r.pipeline()
+    job_id = _store_job(pipe, settings, tenant, kind=kind, events=events, event_type=event_type,
+                        callback_url=callback_url)
+    pipe.execute()
+    return job_id
+
+
+def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
+                     event: Mapping) -> tuple[str, bool]:
+    """Store a single-event job and append it to the events inbox (tasks.inbox), in one
+    transaction. Returns its id and whether the inbox was empty (the caller must then wake
+    the events worker)."""
+    pipe = r.pipeline()
+    job_id = _store_job(pipe, settings, tenant, kind="validate", events=[event])
+    inbox.append(pipe, tenant, job_id)
+    return job_id, pipe.execute()[-1] == 1
+
+
+def _store_job(pipe: redis.client.Pipeline, settings: Settings, tenant: str, *, kind: str,
+               events: Sequence[Mapping], event_type: str | None = None,
+               callback_url: str | None = None) -> str:
     job_id = uuid.uuid4().hex
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
               "attempts": 0, "created_at": now()}
@@ -66,14 +88,12 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
     if callback_url:
         fields["callback_url"] = callback_url
     ttl = settings.job_ttl_s
-    pipe = r.pipeline()
     pipe.hset(keys.job(tenant, job_id), mapping=fields)
     pipe.expire(keys.job(tenant, job_id), ttl)
     if events:
         pipe.set(keys.job_events(tenant, job_id), dumps(list(events)), ex=ttl)
     pipe.lpush(keys.recent_jobs(tenant), job_id)
     pipe.ltrim(keys.recent_jobs(tenant), 0, RECENT_JOBS_KEPT - 1)
-    pipe.execute()
     return job_id
 
 

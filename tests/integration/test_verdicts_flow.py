@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from helpers import wait_for
@@ -206,3 +208,34 @@ def test_single_events_arriving_together_are_scored_in_micro_batches(alpha, even
     baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
     assert {f["field"]: f["count"] for f in baseline["fields"]} == {"amount": 459,
                                                                      "cart.items": 459}
+
+
+def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_lapses(
+        alpha, event_type, settings):
+    """Jobs a worker took from the inbox and never finished (it died) go back to the inbox
+    when the sweep (beat) finds their claim lapsed, and are judged once."""
+    import redis
+
+    from core import keys
+    from tasks import create_celery, inbox, store
+
+    seed(alpha, event_type)
+    r = redis.Redis.from_url(settings.redis_url)
+    events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"d{i}",
+               "payload": {"amount": 100.0, "cart": {"items": 5.0}}} for i in range(5)]
+    # Stored and appended as the API does, but without waking the worker: a worker that
+    # died claimed them (its claim lapsed a second ago) before judging any.
+    job_ids = [store.create_inbox_job(r, settings, "alpha", event)[0] for event in events]
+    claimed = inbox.claim(r, 1000, time.time() - 1)
+    assert {j for _, j in claimed} >= set(job_ids)
+    assert all(alpha.get(f"/v1/jobs/{j}").json()["status"] == "queued" for j in job_ids)
+
+    create_celery(settings).send_task("vigil.sweep_events")  # what beat sends every 5 s
+    jobs = [wait_for(alpha, f"/v1/jobs/{j}") for j in job_ids]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 5
+    assert [job["results"][0]["event_id"] for job in jobs] == [f"d{i}" for i in range(5)]
+    assert [store.get_job(r, "alpha", j)["attempts"] for j in job_ids] == [1] * 5  # judged once
+    baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
+    assert {f["field"]: f["count"] for f in baseline["fields"]} == {"amount": 405,
+                                                                     "cart.items": 405}
+    assert r.zcard(keys.events_claimed()) == 0
