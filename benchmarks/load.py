@@ -4,14 +4,14 @@ Every generator measures from the client's side and returns figures; none assert
 Request bodies are serialised once, before the clock starts, so the client spends its time
 sending and reading, not building JSON.
 
-Every generator uses Http below: one HTTP/1.1 request per TCP connection over asyncio
-streams, as gunicorn's sync workers answer anyway (they close every connection). The load
-generator shares the machine's cores with the system it measures, and Http costs the client
-about 0.3 ms of CPU per request where httpx costs about 1.6 ms (measured here): with httpx,
-a 500 req/s open loop alone would take most of a core from the server.
+Every generator uses Http below: HTTP/1.1 over asyncio streams, connections kept alive
+between requests as production clients do. The load generator shares the machine's cores
+with the system it measures, and Http costs the client about 0.3 ms of CPU per request where
+httpx costs about 1.6 ms (measured here): with httpx, a 500 req/s open loop alone would take
+most of a core from the server.
 
-`python -m benchmarks.load saturate --url ... --redis ... --seconds ...` is the background
-batch stream that keeps Vigil's workers busy while submit latency is measured (a separate
+`python -m benchmarks.load saturate --url ... --redis ... --seconds ...` is the backlog of
+batch jobs that keeps Vigil's workers busy while submit latency is measured (a separate
 process, so it does not share an event loop or a GIL with the measuring client).
 """
 
@@ -28,12 +28,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-import httpx
 import numpy as np
 import orjson
 
 from core import keys
 from core.config import DEV_API_KEY, DEV_TENANT
+from tasks import store
 
 HEADERS = {"Authorization": f"Bearer {DEV_API_KEY}", "Content-Type": "application/json"}
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -127,49 +127,81 @@ def _count_verdicts(results: Sequence[dict], into: Throughput) -> None:
 
 
 class Http:
-    """Minimal HTTP/1.1 client: one request per connection (Connection: close), asyncio streams."""
+    """Minimal HTTP/1.1 client over asyncio streams, with keep-alive.
+
+    Idle connections are kept and reused, as any production client (requests.Session,
+    httpx.Client) does; a connection the server marks `Connection: close` is dropped after
+    its answer. Concurrent requests each take their own connection.
+    """
 
     def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout_s = timeout_s
-        auth = HEADERS["Authorization"]
-        self._head = f"Host: {self.host}:{self.port}\r\nAuthorization: {auth}\r\nConnection: close\r\n"
+        self._head = f"Host: {self.host}:{self.port}\r\nAuthorization: {HEADERS['Authorization']}\r\n"
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         """(status, body); raises OSError or TimeoutError (the whole exchange is bounded)."""
-        return await asyncio.wait_for(self._exchange(method, path, body), self.timeout_s)
+        return await asyncio.wait_for(self._request(method, path, body), self.timeout_s)
 
-    async def _exchange(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+    async def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
+        head = f"{method} {path} HTTP/1.1\r\n{self._head}"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        raw = head.encode() + b"\r\n" + (body or b"")
+        while self._idle:
+            reader, writer = self._idle.pop()
+            try:
+                return await self._exchange(reader, writer, raw)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                # The server closed this idle connection (its keep-alive ran out) before
+                # reading the request: try the next one, or a new one.
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise OSError("connection closed mid-answer") from exc
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
-            head = f"{method} {path} HTTP/1.1\r\n{self._head}"
-            if body is not None:
-                head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            writer.write(head.encode() + b"\r\n" + (body or b""))
-            raw = await reader.read()  # the server closes the connection after its answer
+            return await self._exchange(reader, writer, raw)
+        except asyncio.IncompleteReadError as exc:
+            raise OSError("connection closed before the answer ended") from exc
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        raw: bytes) -> tuple[int, bytes]:
+        keep = False
+        try:
+            writer.write(raw)
+            head_raw = await reader.readuntil(b"\r\n\r\n")
+            status_line, *header_lines = head_raw[:-4].decode("latin-1").split("\r\n")
+            if not status_line.startswith("HTTP/"):
+                raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
+            headers = {k.strip().lower(): v.strip()
+                       for k, _, v in (line.partition(":") for line in header_lines)}
+            if headers.get("transfer-encoding", "").lower() == "chunked":
+                payload = await _read_chunked(reader)
+            elif "content-length" in headers:
+                payload = await reader.readexactly(int(headers["content-length"]))
+            else:  # delimited by the end of the connection
+                payload = await reader.read()
+            keep = (headers.get("connection", "").lower() != "close"
+                    and status_line.startswith("HTTP/1.1") and not reader.at_eof())
+            return int(status_line.split()[1]), payload
         finally:
-            writer.close()
-        head_raw, _, payload = raw.partition(b"\r\n\r\n")
-        status_line, *header_lines = head_raw.decode("latin-1").split("\r\n")
-        if not status_line.startswith("HTTP/"):
-            raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
-        headers = {k.strip().lower(): v.strip()
-                   for k, _, v in (line.partition(":") for line in header_lines)}
-        if headers.get("transfer-encoding", "").lower() == "chunked":
-            payload = _dechunk(payload)
-        return int(status_line.split()[1]), payload
+            if keep:
+                self._idle.append((reader, writer))
+            else:
+                writer.close()
 
 
-def _dechunk(data: bytes) -> bytes:
-    out, pos = bytearray(), 0
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    out = bytearray()
     while True:
-        end = data.index(b"\r\n", pos)
-        size = int(data[pos:end].split(b";")[0], 16)
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
         if size == 0:
+            while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers, then the end
+                pass
             return bytes(out)
-        out += data[end + 2:end + 2 + size]
-        pos = end + 2 + size + 2
+        out += await reader.readexactly(size + 2)
+        del out[-2:]
 
 
 # --- batch path -----------------------------------------------------------------------------
@@ -374,46 +406,74 @@ async def open_loop(url: str, bodies: Sequence[bytes], rate: float, seconds: flo
 
 # --- background batch stream (a separate process) -------------------------------------------
 
-def saturate(url: str, redis_url: str, event_type: str, seconds: float, in_flight: int) -> int:
-    """Keep in_flight 1,000-event jobs queued or running for `seconds`.
+def saturate(url: str, redis_url: str, event_type: str, seconds: float,
+             backlog_rate: float = 30_000) -> int:
+    """Keep the workers busy for `seconds` with a backlog of 1,000-event jobs queued ahead.
 
-    Completion is read from the job store in Redis (one HGET), not with GET /v1/jobs/{id}:
-    the point is to keep the workers busy, not to add result downloads to the API's load.
-    Returns the number of events judged.
+    The backlog (seconds x backlog_rate events, more than the workers judge in that time)
+    is submitted first, then "ready" is printed and the measurement starts: during it the
+    API answers only the measured requests, so what is measured is whether busy workers slow
+    submits down, not the API also parsing a concurrent batch stream. Should the backlog run
+    low anyway it is topped up. Completion is read from the job store (one pipeline), not
+    with GET /v1/jobs/{id}. On SIGTERM the jobs not yet started are cancelled, so the next
+    phase starts with idle workers. Returns the number of events judged.
     """
+    import signal
+
     import redis
 
     r = redis.Redis.from_url(redis_url)
     bodies = job_bodies(event_type, 8, seed=7)
+    stop = False
+
+    def on_term(signum, frame) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    http = Http(url)
+    jobs: list[str] = []
+
+    async def submit(n: int) -> None:
+        async def one(k: int) -> None:
+            status, answer = await http.request("POST", "/v1/jobs", bodies[k % len(bodies)])
+            if status == 202:
+                jobs.append(orjson.loads(answer)["job_id"])
+        for k in range(0, n, 2):  # two at a time: the API has two workers
+            await asyncio.gather(*(one(k + i) for i in range(min(2, n - k))))
+
+    def statuses() -> list[str]:
+        pipe = r.pipeline(transaction=False)
+        for job_id in jobs:
+            pipe.hget(keys.job(DEV_TENANT, job_id), "status")
+        return [(s or b"").decode() for s in pipe.execute()]
+
+    asyncio.run(submit(max(3, math.ceil(seconds * backlog_rate / 1000))))
+    print("ready", flush=True)
     deadline = time.monotonic() + seconds
-    running: list[str] = []
-    done = k = 0
-    with httpx.Client(headers=HEADERS, timeout=60) as client:
-        while time.monotonic() < deadline:
-            while len(running) < in_flight:
-                response = client.post(f"{url}/v1/jobs", content=bodies[k % len(bodies)])
-                k += 1
-                if response.status_code == 202:
-                    running.append(response.json()["job_id"])
-            statuses = [r.hget(keys.job(DEV_TENANT, j), "status") for j in running]
-            finished = [j for j, s in zip(running, statuses) if s and s.decode() in FINISHED]
-            done += 1000 * len(finished)
-            running = [j for j in running if j not in finished]
-            time.sleep(0.05)
+    while not stop and time.monotonic() < deadline:
+        if statuses().count("queued") < 3:
+            asyncio.run(submit(3))
+        time.sleep(0.2)
+    done = 0
+    for job_id, status in zip(list(jobs), statuses()):
+        if status == "queued":
+            store.cancel_job(r, DEV_TENANT, job_id)
+        elif status == "succeeded":
+            done += 1000
     return done
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sat = sub.add_parser("saturate", help="keep the workers busy with a stream of batch jobs")
+    sat = sub.add_parser("saturate", help="keep the workers busy with a backlog of batch jobs")
     sat.add_argument("--url", required=True)
     sat.add_argument("--redis", required=True)
     sat.add_argument("--event-type", default="bench")
     sat.add_argument("--seconds", type=float, required=True)
-    sat.add_argument("--in-flight", type=int, default=3)
     args = parser.parse_args(argv)
-    done = saturate(args.url, args.redis, args.event_type, args.seconds, args.in_flight)
+    done = saturate(args.url, args.redis, args.event_type, args.seconds)
     print(json.dumps({"events": done}), flush=True)
     return 0
 

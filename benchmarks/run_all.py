@@ -151,14 +151,17 @@ def run(coro):
 def latency(stack: Started, redis_url: str | None, offered: float, seconds: float,
             bodies: list[bytes], ok_status: int = 202) -> Phase:
     """Submit latency at `offered` req/s (open loop). With redis_url (Vigil, (a)), while a
-    batch stream in another process keeps the workers busy; without ((b): no workers), alone."""
+    backlog of batch jobs keeps the workers busy; without ((b): no workers), alone."""
     saturator = None
     if redis_url is not None:
         saturator = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.load", "saturate", "--url", stack.url,
-             "--redis", redis_url, "--seconds", str(seconds + 4), "--in-flight", "3"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(2)  # the workers get busy first
+             "--redis", redis_url, "--seconds", str(seconds + 4)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # The backlog is queued first (benchmarks.load.saturate); then the workers get busy.
+        if saturator.stdout.readline().strip() != "ready":
+            raise RuntimeError("the batch backlog could not be submitted")
+        time.sleep(2)
     try:
         return measured(f"{stack.name} @{offered:g}/s", lambda: run(load.open_loop(
             stack.url, bodies, offered, seconds, timeout_s=TIMEOUT_S, ok_status=ok_status)),
