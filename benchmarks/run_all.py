@@ -4,7 +4,7 @@
 
 1. Vigil (scripts/run.py with defaults, its own Redis on a free port): the batch path
    end-to-end and the in-process ceiling of the same checks; the single-event path end-to-end
-   and its submit latency at a fixed offered rate while a batch stream keeps the workers busy;
+   and its submit latency at a fixed offered rate while a batch backlog keeps the workers busy;
    the batch path for event types with 10^3, 10^5 and 10^7 events of history.
 2. Reference (a): the same stack with VIGIL_MICRO_BATCH=off (a task per single event).
 3. Reference (b): benchmarks/sync_api.py under gunicorn (checks in the request handler).
@@ -342,11 +342,11 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add(f"machine: {header}")
     add("Vigil: defaults (VIGIL_* unset, dev API key), scripts/run.py: API gunicorn 2 sync workers, "
         "'worker' 2 processes,")
-    add("  'events' 1 process (micro-batches), beat, Flower; each system its own Redis (AOF everysec) "
-        "on this machine;")
-    add("  load generator on the same cores: one asyncio process (a minimal HTTP/1.1 client, orjson) + one "
-        "process for")
-    add("  the background batch stream. Events: "
+    add("  'events' 1 process (drains the single-event inbox), beat, Flower; each system its own Redis "
+        "(AOF everysec)")
+    add("  on this machine; load generator on the same cores: one asyncio process (a minimal HTTP/1.1 "
+        "client with")
+    add("  keep-alive, orjson) + one process that queues the batch backlog. Events: "
         f"{HISTORY_ROWS:,} history rows, 3 numeric")
     add("  fields (amount, cart.items, latency_ms); events like the history, 1% with amount at +6 sigma.")
     add("-" * width)
@@ -386,8 +386,8 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add("   first submit -> last verdict. Submit latency: open loop (request k due at t0 + k/rate, timed "
         "from when it")
     add(f"   was due; unanswered after {TIMEOUT_S:g} s = failed, slower than any answer); Vigil and (a) "
-        "while a stream of")
-    add("   1,000-event jobs (3 in flight, from another process) keeps the workers busy; (b) has no "
+        "while a backlog")
+    add("   of 1,000-event jobs, queued beforehand by another process, keeps the workers busy; (b) has no "
         "workers to keep busy.")
     add(f"   {'':34}{'':>9}  {f'--- at {LOW_RATE} submits/s ---':^24}  "
         f"{f'------------ at {RATE} submits/s ------------':^46}")
@@ -465,9 +465,9 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         "line); 'machine'")
     add("is every process outside this benchmark on the shared machine; 'busy' is cores busy on average "
         f"(of {os.cpu_count()}).")
-    add("Latency phases (@N/s) include the background batch stream's work, so their per-request figures "
-        "are not the")
-    add("cost of a submit alone.")
+    add("Latency phases (@N/s) include the workers' work on the batch backlog, so their per-request "
+        "figures are not")
+    add("the cost of a submit alone.")
     phases = [get(key) for key in ("batch", "single", "latency_low", "latency", "a_single",
                                    "a_latency_low", "a_latency", "b_single", "b_latency_low",
                                    "b_latency")]
