@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 
 import flask
 import pandas as pd
@@ -15,9 +14,11 @@ from api import idempotency
 from api.auth import require_tenant
 from api.ratelimit import limit_rate
 from api.schemas import (
+    JOB_ID,
     EventSchema,
     JobAcceptedSchema,
     JobListSchema,
+    JobQuerySchema,
     JobSchema,
     JobSubmitSchema,
 )
@@ -31,7 +32,6 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1",
 blp.before_request(require_tenant)
 blp.before_request(limit_rate)
 
-JOB_ID = re.compile(r"[0-9a-f]{32}")
 TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
                  "train": "vigil.train_job"}
 CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
@@ -76,6 +76,13 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
             {"Location": status_url})
 
 
+def document_json(job: dict, results_json: bytes | None) -> bytes:
+    """The job's document as JSON, its stored results (JSON already) spliced in as they are
+    rather than parsed and re-serialised by the thousand (JobSchema documents them)."""
+    head = flask.json.dumps(job_document(job, None)).encode()
+    return head if results_json is None else b"".join((head[:-1], b',"results":', results_json, b"}"))
+
+
 def load_job(job_id: str) -> dict:
     """The caller's job, or 404: another tenant's job id is as unknown as a made-up one."""
     job = store.get_job(services().redis, flask.g.tenant, job_id) if JOB_ID.fullmatch(job_id) \
@@ -102,13 +109,24 @@ class ValidateEvent(MethodView):
 
 @blp.route("/jobs")
 class Jobs(MethodView):
+    @blp.arguments(JobQuerySchema(), location="query")
     @blp.response(200, JobListSchema)
-    def get(self):
-        """The latest jobs (without their results)"""
-        svc = services()
-        jobs = [store.get_job(svc.redis, flask.g.tenant, job_id)
-                for job_id in store.recent_job_ids(svc.redis, flask.g.tenant)]
-        return {"jobs": [job_document(job, None) for job in jobs if job]}
+    def get(self, query: dict):
+        """Jobs by id with their results (?ids=), or the latest jobs without results
+
+        `?ids=` reads up to 100 jobs in one request: a client sending many single events
+        polls their verdicts in bulk rather than one GET per event.
+        """
+        svc, tenant = services(), flask.g.tenant
+        if "ids" not in query:
+            jobs = store.get_jobs(svc.redis, tenant, store.recent_job_ids(svc.redis, tenant))
+            return {"jobs": [job_document(job, None) for job in jobs if job]}
+        found = [job for job in store.get_jobs(svc.redis, tenant, list(dict.fromkeys(query["ids"])))
+                 if job]
+        finished = [job["job_id"] for job in found if job["status"] in store.FINISHED]
+        results = dict(zip(finished, store.get_many_results_json(svc.redis, tenant, finished)))
+        documents = b",".join(document_json(job, results.get(job["job_id"])) for job in found)
+        return flask.Response(b'{"jobs":[' + documents + b"]}", mimetype="application/json")
 
     @blp.arguments(JobSubmitSchema())
     @blp.doc(requestBody=CSV_BODY, parameters=[idempotency.HEADER_DOC])
@@ -131,11 +149,7 @@ class Job(MethodView):
             raw = store.get_results_json(services().redis, flask.g.tenant, job_id)
             if raw is None:
                 return job_document(job, None)
-            # The results were stored as the JSON clients get: splice them in as they are
-            # rather than parse and re-serialise thousands of them (JobSchema documents them).
-            head = flask.json.dumps(job_document(job, None)).encode()
-            return flask.Response(b"".join((head[:-1], b',"results":', raw, b"}")),
-                                  mimetype="application/json")
+            return flask.Response(document_json(job, raw), mimetype="application/json")
         # Poll again in about a second; large jobs report progress meanwhile.
         return job_document(job, None), 200, {"Retry-After": "1"}
 

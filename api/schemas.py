@@ -10,6 +10,7 @@ from typing import Any
 
 import marshmallow as ma
 from marshmallow import fields, validate
+from webargs.fields import DelimitedList
 
 # \Z, not $: validate.Regexp uses match(), and $ would let a trailing newline through.
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
@@ -228,6 +229,21 @@ class JobSchema(ma.Schema):
 
 class JobListSchema(ma.Schema):
     jobs = fields.List(fields.Nested(JobSchema))
+
+
+JOB_ID = re.compile(r"[0-9a-f]{32}")
+MAX_JOB_IDS = 100
+
+
+class JobQuerySchema(ma.Schema):
+    ids = DelimitedList(
+        fields.String(validate=validate.Regexp(rf"\A{JOB_ID.pattern}\Z",
+                                               error="A job id is 32 hexadecimal digits.")),
+        validate=validate.Length(min=1, max=MAX_JOB_IDS,
+                                 error=f"Ask for 1 to {MAX_JOB_IDS} jobs at a time."),
+        metadata={"description": "Comma-separated job ids: these jobs, with their results "
+                                 "once finished, in this order (unknown or expired ids are "
+                                 "left out). Without it: the latest jobs, without results."})
 
 
 class EventTypeSchema(ma.Schema):

@@ -107,9 +107,27 @@ def get_events(r: redis.Redis, tenant: str, job_id: str) -> list[dict]:
     return orjson.loads(raw) if raw else []
 
 
+def get_jobs(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[dict[str, Any] | None]:
+    """get_job for many jobs in one round trip (None where there is no such job)."""
+    pipe = r.pipeline(transaction=False)
+    for job_id in job_ids:
+        pipe.hgetall(keys.job(tenant, job_id))
+    return [_decode(raw) if raw else None for raw in pipe.execute()]
+
+
 def get_results_json(r: redis.Redis, tenant: str, job_id: str) -> bytes | None:
     """The stored results as their JSON text (UTF-8), unparsed."""
-    raw = r.get(keys.job_results(tenant, job_id))
+    return _inflate(r.get(keys.job_results(tenant, job_id)))
+
+
+def get_many_results_json(r: redis.Redis, tenant: str,
+                          job_ids: Sequence[str]) -> list[bytes | None]:
+    """get_results_json for many jobs in one round trip."""
+    raw = r.mget([keys.job_results(tenant, job_id) for job_id in job_ids]) if job_ids else []
+    return [_inflate(x) for x in raw]
+
+
+def _inflate(raw: bytes | None) -> bytes | None:
     if not raw:
         return None
     try:

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import wait_for
+from helpers import problem, wait_for
 
 T0 = 1_790_000_000  # epoch seconds
 
@@ -239,3 +239,37 @@ def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_l
     assert {f["field"]: f["count"] for f in baseline["fields"]} == {"amount": 405,
                                                                      "cart.items": 405}
     assert r.zcard(keys.events_claimed()) == 0
+
+
+def test_verdicts_of_many_single_events_are_read_in_one_request(alpha, beta, event_type):
+    """GET /v1/jobs?ids= returns the asked jobs in the order asked, each with its results once
+    finished; ids that are unknown or another tenant's are left out."""
+    seed(alpha, event_type)
+    ids = [alpha.post("/v1/events/validate", json={
+        "event_type": event_type, "timestamp": T0 + i, "event_id": f"b{i}",
+        "payload": {"amount": 400.0 if i == 1 else 100.0, "cart": {"items": 5.0}}}).json()["job_id"]
+        for i in range(3)]
+    other = beta.post("/v1/events/validate", json={
+        "event_type": event_type, "timestamp": T0, "payload": {"amount": 1.0}}).json()["job_id"]
+    asked = [ids[2], "0" * 32, ids[0], other, ids[1], ids[0]]
+    deadline = time.monotonic() + 30
+    while True:
+        response = alpha.get("/v1/jobs", params={"ids": ",".join(asked)})
+        assert response.status_code == 200, response.text
+        jobs = response.json()["jobs"]
+        if all(job["status"] == "succeeded" for job in jobs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [job["job_id"] for job in jobs] == [ids[2], ids[0], ids[1]]
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3
+    assert [(job["results"][0]["event_id"], job["results"][0]["valid"]) for job in jobs] == [
+        ("b2", True), ("b0", True), ("b1", False)]
+    assert jobs[0] == alpha.get(f"/v1/jobs/{ids[2]}").json()  # the same document as one GET
+
+
+def test_reading_jobs_by_id_refuses_malformed_ids_and_too_many(alpha):
+    body = problem(alpha.get("/v1/jobs", params={"ids": "not-a-job-id"}), 422)
+    assert "32 hexadecimal digits" in str(body["errors"])
+    body = problem(alpha.get("/v1/jobs", params={"ids": ",".join(["a" * 32] * 101)}), 422)
+    assert "1 to 100 jobs" in str(body["errors"])
+    assert alpha.get("/v1/jobs", params={"ids": "a" * 32}).json() == {"jobs": []}
