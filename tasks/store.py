@@ -308,11 +308,17 @@ def take_due_webhooks(r: redis.Redis, until: float) -> list[tuple[str, str]]:
 # --- baselines and history -----------------------------------------------------------------
 
 # Merges per-field moments (Chan et al.), updates the recent (exponentially weighted)
-# baselines and latest values, and appends history rows, once per batch id: a job
+# baselines and latest values, and appends history rows, once per batch id (or set of them): a job
 # redelivered after a crash finds its marker and changes nothing. One script, so concurrent
 # workers merging into the same field serialise inside Redis and lose nothing.
 _APPLY_BATCH = """
+-- KEYS[11..]: markers of further batches merged together with this one (a micro-batch's
+-- jobs): all or none of them are merged.
+for k = 11, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then return 0 end
+end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for k = 11, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
 local history_max = tonumber(ARGV[2])
 local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local function triple(raw)
@@ -388,8 +394,11 @@ return 1
 def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str,
                 batch_id: str, moments: Mapping[str, Moments], rows: Iterable[Mapping],
                 recent: Mapping[str, Sequence[float]] | None = None,
-                flagged: Sequence[Mapping] = ()) -> bool:
+                flagged: Sequence[Mapping] = (), together_with: Sequence[str] = ()) -> bool:
     """Merge a batch into the baselines and history, exactly once.
+
+    together_with: ids of further batches this one stands for (the other jobs of a
+    micro-batch, merged in one call): all are marked merged, or, if any was before, none.
 
     moments: all-time moments of the accepted values per field.
     rows: ``{"ts": epoch seconds, "v": {field: value}}`` per accepted event (the history).
@@ -403,7 +412,8 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
                    keys.history_since_training(tenant, event_type),
                    keys.event_types(tenant), keys.known_types(),
                    keys.recent_baseline(tenant, event_type), keys.last_values(tenant, event_type),
-                   keys.flagged(tenant, event_type), keys.invalid_counts(tenant)]
+                   keys.flagged(tenant, event_type), keys.invalid_counts(tenant),
+                   *(keys.batch_applied(tenant, other) for other in together_with)]
     recent_json = dumps({f: v for f, v in (recent or {}).items() if len(v)})
     args: list[Any] = [settings.job_ttl_s, settings.history_max_rows, event_type, tenant,
                        repr(settings.recent_alpha), repr(settings.recent_clip),

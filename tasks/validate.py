@@ -151,27 +151,49 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     """Merge a judged chunk into the baselines, one idempotent batch per job, and keep each
     job's verdicts for this batch, all in one transaction (both or neither survive a crash).
 
+    The jobs of a micro-batch (many jobs, one chunk) are merged in one call that marks every
+    job's batch; should any of them have been merged before (a job redelivered while its
+    first delivery still ran), they are merged job by job instead, each at most once.
     Only valid events move the all-time baseline and join the history (no poisoning); the
     recent baseline sees every value but clips outliers itself.
     """
     positions: dict[str, list[int]] = defaultdict(list)
     for position, (job_id, _, _) in enumerate(chunk):
         positions[job_id].append(position)
-    rows, verdicts = judged.rows, judged.verdicts
     # numpy rather than pandas per job: a micro-batch holds hundreds of one-event jobs.
     matrix, columns = judged.values.to_numpy(dtype=float), list(judged.values.columns)
     pipe = r.pipeline(transaction=True)
+    if len(positions) > 1:
+        first, *others = positions
+        _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, list(range(len(chunk))),
+               batches[first], [batches[j] for j in others])
+    else:
+        for job_id, mine in positions.items():
+            _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, mine, batches[job_id])
     for job_id, mine in positions.items():
-        valid = [p for p in mine if verdicts[p]["valid"]]
-        store.apply_batch(
-            pipe, cfg, tenant, event_type, batches[job_id],
-            column_moments(matrix[valid], columns), [rows[p] for p in valid],
-            recent=values_in_order(matrix[mine], columns),
-            flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
-                     for p in mine if not verdicts[p]["valid"]])
         store.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
                                    [judged.results[p] for p in mine])
-    pipe.execute()
+    together = pipe.execute()[0]
+    if len(positions) > 1 and not together:
+        pipe = r.pipeline(transaction=True)
+        for job_id, mine in positions.items():
+            _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, mine, batches[job_id])
+        pipe.execute()
+
+
+def _apply(pipe: redis.client.Pipeline, cfg: Settings, tenant: str, event_type: str,
+           judged: JudgedChunk, matrix: np.ndarray, columns: list[str], mine: list[int],
+           batch_id: str, together_with: list[str] | None = None) -> None:
+    """Queue the merge of the chunk's rows ``mine`` (in time order) as one batch."""
+    rows, verdicts = judged.rows, judged.verdicts
+    valid = [p for p in mine if verdicts[p]["valid"]]
+    store.apply_batch(
+        pipe, cfg, tenant, event_type, batch_id,
+        column_moments(matrix[valid], columns), [rows[p] for p in valid],
+        recent=values_in_order(matrix[mine], columns),
+        flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
+                 for p in mine if not verdicts[p]["valid"]],
+        together_with=together_with or ())
 
 
 def summarise(results: list[dict]) -> dict:

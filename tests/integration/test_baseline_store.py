@@ -73,3 +73,32 @@ def test_scheduled_webhook_retries_are_handed_out_once_when_due(redis_server):
     assert store.take_due_webhooks(r, until=1_500.0) == [(TENANT, "job-soon")]
     assert store.take_due_webhooks(r, until=1_500.0) == []
     assert store.take_due_webhooks(r, until=3_000.0) == [(TENANT, "job-late")]
+
+
+def test_a_micro_batch_merges_its_jobs_together_and_each_job_once(redis_server, settings):
+    """Many one-event jobs judged together are merged in one call; if one of them was
+    merged before (a redelivery racing its first delivery), the others are merged job by job
+    and that one is not counted again."""
+    from tasks.validate import judge_jobs
+
+    r = redis_server.client()
+    event_type = f"t-{uuid.uuid4().hex[:8]}"
+    jobs = {f"job{i}": [{"event_type": event_type, "timestamp": 1_790_000_000 + i,
+                         "payload": {"x": float(i)}}] for i in range(6)}
+
+    judge_jobs(r, settings, TENANT, dict(list(jobs.items())[:3]))
+    assert store.load_baseline(r, TENANT, event_type)["x"].n == 3
+    assert store.history_count(r, TENANT, event_type) == 3
+
+    # job3's batch was merged already, by an earlier delivery: job4 and job5 still count.
+    store.apply_batch(r, settings, TENANT, event_type, f"job3:{event_type}:0",
+                      {"x": Moments.of(np.array([3.0]))}, [{"ts": 0, "v": {"x": 3.0}}])
+    results = judge_jobs(r, settings, TENANT, dict(list(jobs.items())[3:]))
+    merged = store.load_baseline(r, TENANT, event_type)["x"]
+    assert merged.n == 6 and merged.mean == pytest.approx(2.5)
+    assert store.history_count(r, TENANT, event_type) == 6
+    assert [results[j][0]["index"] for j in ("job3", "job4", "job5")] == [0, 0, 0]
+
+    # The whole micro-batch again (redelivered): nothing moves.
+    judge_jobs(r, settings, TENANT, dict(list(jobs.items())[3:]))
+    assert store.load_baseline(r, TENANT, event_type)["x"].n == 6
