@@ -23,7 +23,7 @@ import json
 import math
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -260,18 +260,19 @@ async def batch_stream(url: str, bodies: Sequence[bytes], seconds: float, *, in_
 # --- single events --------------------------------------------------------------------------
 
 async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
-                        submitters: int = 16, pollers: int = 4, max_outstanding: int = 300,
-                        drain_s: float = 10.0) -> Throughput:
-    """Single events submitted concurrently for `seconds`; each verdict read with GET.
+                        submitters: int = 16, pollers: int = 2, max_outstanding: int = 300,
+                        read_at_once: int = 100, drain_s: float = 10.0) -> Throughput:
+    """Single events submitted concurrently for `seconds`; their verdicts read in bulk.
 
     Submitters POST as fast as the API answers while fewer than max_outstanding events
-    wait for a verdict; pollers read verdicts oldest first (backing off while the oldest is
-    not ready). Events/s: verdicts read over the time from the first POST to the last
-    verdict read. Jobs still unfinished drain_s after the deadline are left out.
+    wait for a verdict; pollers read the oldest waiting jobs, up to read_at_once per
+    `GET /v1/jobs?ids=` (backing off while none of them is ready), as a client sending many
+    single events would. Events/s: verdicts read over the time from the first POST to the
+    last verdict read. Jobs still unfinished drain_s after the deadline are left out.
     """
     result = Throughput()
     http = Http(url)
-    pending: asyncio.Queue[str] = asyncio.Queue()
+    waiting: deque[str] = deque()  # job ids, oldest first
     room = asyncio.Semaphore(max_outstanding)
     counter = iter(range(10**9))
     started = time.perf_counter()
@@ -292,37 +293,40 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
                 result.codes[status] += 1
                 room.release()
                 continue
-            pending.put_nowait(orjson.loads(body)["status_url"])
+            waiting.append(orjson.loads(body)["job_id"])
 
     async def poll() -> None:
         nonlocal last_done
-        while True:
-            try:
-                status_url = pending.get_nowait()
-            except asyncio.QueueEmpty:
-                if not submitting:
-                    return
+        wait = 0.02
+        while waiting or submitting:
+            ids = [waiting.popleft() for _ in range(min(read_at_once, len(waiting)))]
+            if not ids:
                 await asyncio.sleep(0.01)
                 continue
-            wait = 0.02
-            while True:
-                try:
-                    status, body = await http.request("GET", status_url)
-                    job = orjson.loads(body) if status == 200 else {}
-                except (OSError, TimeoutError, ValueError):
-                    job = {}
-                if job.get("status") in FINISHED or time.perf_counter() > deadline + drain_s:
-                    break
-                # Not ready: back off, so that polling the oldest job stays a small load.
-                await asyncio.sleep(wait)
-                wait = min(2 * wait, 0.2)
-            room.release()
-            if job.get("status") == "succeeded":
-                result.events += 1
-                _count_verdicts(job["results"], result)
-                last_done = time.perf_counter()
-            else:
-                result.errors += 1
+            try:
+                status, body = await http.request("GET", f"/v1/jobs?ids={','.join(ids)}")
+                jobs = {job["job_id"]: job for job in orjson.loads(body)["jobs"]} \
+                    if status == 200 else {}
+            except (OSError, TimeoutError, ValueError):
+                jobs = {}
+            overdue = time.perf_counter() > deadline + drain_s
+            unfinished = [j for j in ids if jobs.get(j, {}).get("status") not in FINISHED]
+            for job_id in ids:
+                job = jobs.get(job_id, {})
+                if job.get("status") in FINISHED or overdue:
+                    room.release()
+                    if job.get("status") == "succeeded":
+                        result.events += 1
+                        _count_verdicts(job["results"], result)
+                        last_done = time.perf_counter()
+                    else:
+                        result.errors += 1
+            if overdue:
+                continue
+            waiting.extendleft(reversed(unfinished))  # still the oldest: first in line again
+            # None ready: back off, so that polling the oldest jobs stays a small load.
+            wait = min(2 * wait, 0.2) if len(unfinished) == len(ids) else 0.02
+            await asyncio.sleep(wait if len(unfinished) == len(ids) else 0)
 
     polling = [asyncio.create_task(poll()) for _ in range(pollers)]
     await asyncio.gather(*(submit() for _ in range(submitters)))
