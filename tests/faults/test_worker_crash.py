@@ -16,6 +16,7 @@ from fault_helpers import (
     BIG_JOB,
     VISIBILITY_TIMEOUT_S,
     FaultStack,
+    FaultWorker,
     Timeout,
     accepted,
     epoch,
@@ -183,3 +184,63 @@ def test_job_that_kills_its_worker_every_time_fails_with_a_reason(fault_stack: F
         {"event_type": "poison", "timestamp": T0, "payload": {"x": 1.0}}]}))
     assert wait_finished(client, ok, 20, stack)["status"] == "succeeded"
     assert get_job(client, job_id)["status"] == "failed"
+
+
+def test_single_events_survive_sigkill_of_the_events_worker_and_count_once(
+        fault_stack: FaultStack):
+    """The events worker is SIGKILLed (main process and pool) while it holds a claimed
+    micro-batch: once the claim lapses, the sweep returns those jobs to the inbox and a new
+    worker judges them; every event is judged and counted exactly once."""
+    import redis
+
+    from core import keys
+    from tasks import create_celery
+
+    stack = fault_stack
+    stack.ensure_workers("worker")  # for the history import
+    client = stack.client()
+    assert wait_finished(client, import_history(client, "single", spread(40)), 30,
+                         stack)["status"] == "succeeded"
+    before = baseline_count(client, "single")
+    r = redis.Redis.from_url(stack.settings.redis_url)
+    for worker in [w for w in stack.workers if w.role == "events" and w.alive]:
+        worker.stop()  # the inbox fills first, so the first claim is a full batch
+
+    def one(i: int) -> str:
+        return accepted(client.post("/v1/events/validate", json={
+            "event_type": "single", "timestamp": T0 + 86_400 + i, "event_id": f"s-{i}",
+            "payload": {"x": 100.0 + (i % 21) / 2 if i % 50 else 160.0}}))
+
+    with ThreadPoolExecutor(8) as pool:
+        job_ids = list(pool.map(one, range(2000)))
+    # Killed as soon as it holds a claim. Should the kill land between two batches (no claim
+    # at that instant; the inbox still holds the rest), the next worker is killed the same way.
+    lost = 0
+    for attempt in range(3):
+        worker = FaultWorker(stack.env, stack.settings, stack.tmp / f"events-killed-{attempt}.log",
+                             "events")
+        stack.workers.append(worker)
+        worker.spawn()  # not waiting until it answers: it drains the inbox as soon as it starts
+        wait_until(lambda: r.zcard(keys.events_claimed()) > 0, 60, "a claimed micro-batch",
+                   0.001)
+        worker.kill()
+        lost = r.zcard(keys.events_claimed())
+        if lost or not r.llen(keys.events_inbox()):
+            break
+    assert lost > 0, "every kill landed between two batches; nothing was left to reclaim"
+
+    stack.start_worker("events")
+    celery = create_celery(stack.settings)
+
+    def all_finished() -> list[dict] | None:
+        celery.send_task("vigil.sweep_events")  # what beat sends every 5 s
+        jobs = [job for k in range(0, len(job_ids), 100) for job in client.get(
+            "/v1/jobs", params={"ids": ",".join(job_ids[k:k + 100])}).json()["jobs"]]
+        return jobs if all(j["status"] in ("succeeded", "failed") for j in jobs) else None
+
+    jobs = wait_until(all_finished, VISIBILITY_TIMEOUT_S + 60, "every single event judged", 1.0)
+    assert [j["status"] for j in jobs] == ["succeeded"] * len(job_ids)
+    valid = sum(j["results"][0]["valid"] for j in jobs)
+    assert valid == len(job_ids) - len(job_ids) // 50  # the 160s are out of range
+    assert baseline_count(client, "single") == before + valid  # each counted once
+    assert r.zcard(keys.events_claimed()) == 0 and r.llen(keys.events_inbox()) == 0
