@@ -145,6 +145,11 @@ class Http:
         """(status, body); raises OSError or TimeoutError (the whole exchange is bounded)."""
         return await asyncio.wait_for(self._request(method, path, body), self.timeout_s)
 
+    def close(self) -> None:
+        """Close the idle connections (before the event loop they belong to ends)."""
+        while self._idle:
+            self._idle.pop()[1].close()
+
     async def _request(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
         head = f"{method} {path} HTTP/1.1\r\n{self._head}"
         if body is not None:
@@ -435,16 +440,21 @@ def saturate(url: str, redis_url: str, event_type: str, seconds: float,
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    http = Http(url)
     jobs: list[str] = []
 
     async def submit(n: int) -> None:
+        http = Http(url)  # connections belong to the event loop of this asyncio.run
+
         async def one(k: int) -> None:
             status, answer = await http.request("POST", "/v1/jobs", bodies[k % len(bodies)])
-            if status == 202:
-                jobs.append(orjson.loads(answer)["job_id"])
-        for k in range(0, n, 2):  # two at a time: the API has two workers
-            await asyncio.gather(*(one(k + i) for i in range(min(2, n - k))))
+            if status != 202:  # an unsaturated measurement must not pass for a saturated one
+                raise RuntimeError(f"POST /v1/jobs answered {status}: {answer[:300]!r}")
+            jobs.append(orjson.loads(answer)["job_id"])
+        try:
+            for k in range(0, n, 2):  # two at a time: the API has two workers
+                await asyncio.gather(*(one(k + i) for i in range(min(2, n - k))))
+        finally:
+            http.close()
 
     def statuses() -> list[str]:
         pipe = r.pipeline(transaction=False)
