@@ -230,7 +230,7 @@ def test_delivery_to_a_refused_address_fails_at_once_without_retries(alpha, redi
 
 # --- rate limit -------------------------------------------------------------------------------
 
-def test_exceeding_the_rate_limit_is_429_with_retry_after(app_with, worker):
+def test_exceeding_the_rate_limit_is_429_with_retry_after(app_with, worker, redis_server):
     client = app_with(rate_limit=5)
     responses = [client.get("/v1/jobs") for _ in range(30)]
     limited = [r for r in responses if r.status_code == 429]
@@ -242,6 +242,9 @@ def test_exceeding_the_rate_limit_is_429_with_retry_after(app_with, worker):
     # Another tenant has its own budget.
     with client_for(str(client.base_url), "beta") as beta:
         assert beta.get("/v1/jobs").status_code == 200
+    # Windows expire: counters do not pile up in Redis, one per second forever.
+    windows = list(redis_server.client().scan_iter("vigil:alpha:rate:*"))
+    assert windows and all(0 < redis_server.client().ttl(w) <= 2 for w in windows)
     # The limit is per second: the next window answers again.
     time.sleep(1.1)
     assert client.get("/v1/jobs").status_code == 200
