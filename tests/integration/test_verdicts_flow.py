@@ -273,3 +273,20 @@ def test_reading_jobs_by_id_refuses_malformed_ids_and_too_many(alpha):
     body = problem(alpha.get("/v1/jobs", params={"ids": ",".join(["a" * 32] * 101)}), 422)
     assert "1 to 100 jobs" in str(body["errors"])
     assert alpha.get("/v1/jobs", params={"ids": "a" * 32}).json() == {"jobs": []}
+
+
+def test_a_single_event_message_of_the_earlier_design_is_still_judged(alpha, event_type,
+                                                                      settings):
+    """Upgrading: a message sent per event before the inbox existed (task args tenant and
+    job id) still gets its job judged."""
+    import redis
+
+    from tasks import create_celery, store
+
+    job_id = store.create_job(redis.Redis.from_url(settings.redis_url), settings, "alpha",
+                              kind="validate", events=[{
+                                  "event_type": event_type, "timestamp": T0, "event_id": "old",
+                                  "payload": {"amount": 100.0}}])
+    create_celery(settings).send_task("vigil.validate_events", args=["alpha", job_id])
+    job = wait_for(alpha, f"/v1/jobs/{job_id}")
+    assert job["status"] == "succeeded" and job["results"][0]["event_id"] == "old"
