@@ -5,8 +5,8 @@ inbox was empty. The task claims up to MAX_BATCH waiting jobs at once, judges th
 and claims again until the inbox is empty: events that arrive while a batch is judged form
 the next batch, so a lone event is judged at once and batches grow with the load by
 themselves. A worker that dies mid-batch leaves its claims, which the sweep (beat, every
-EVENTS_SWEEP_S) puts back once they lapse (VIGIL_VISIBILITY_TIMEOUT); merges are idempotent per job
-(tasks.validate.merge_per_job), so nothing is lost or counted twice.
+EVENTS_SWEEP_S) puts back once they lapse (VIGIL_VISIBILITY_TIMEOUT); merges are idempotent
+per job (tasks.validate.merge_per_job), so nothing is lost or counted twice.
 """
 
 from __future__ import annotations

@@ -308,9 +308,9 @@ def take_due_webhooks(r: redis.Redis, until: float) -> list[tuple[str, str]]:
 # --- baselines and history -----------------------------------------------------------------
 
 # Merges per-field moments (Chan et al.), updates the recent (exponentially weighted)
-# baselines and latest values, and appends history rows, once per batch id (or set of them): a job
-# redelivered after a crash finds its marker and changes nothing. One script, so concurrent
-# workers merging into the same field serialise inside Redis and lose nothing.
+# baselines and latest values, and appends history rows, once per batch id (or set of
+# them): a job redelivered after a crash finds its marker and changes nothing. One script,
+# so concurrent workers merging into the same field serialise inside Redis and lose nothing.
 _APPLY_BATCH = """
 -- KEYS[11..]: markers of further batches merged together with this one (a micro-batch's
 -- jobs): all or none of them are merged.
