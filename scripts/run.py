@@ -7,6 +7,7 @@ exits 0; a child that exits on its own stops everything else and exits 1.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -15,6 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -37,6 +40,7 @@ STATE_DIR = ROOT / ".vigil"
 # files of an earlier run would be added to this run's counters).
 PROMETHEUS_DIR = STATE_DIR / "prometheus"
 STOP_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 120.0
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 # One lock for every line written, so lines from different children never interleave.
@@ -222,6 +226,32 @@ def choose_redis(url: str, sup: Supervisor) -> str:
     return started
 
 
+def wait_ready(sup: Supervisor, port: int, workers: int, timeout_s: float = READY_TIMEOUT_S) -> bool:
+    """Wait until the API's /readyz counts ``workers`` workers, so that the banner's curl
+    gets a verdict at once. False if something stopped meanwhile (the main loop says what);
+    after timeout_s, says what is missing and goes on (the workers may still come up)."""
+    say("vigil: waiting for the API and the workers to answer...")
+    deadline = time.monotonic() + timeout_s
+    last: dict = {}
+    while not sup.stopping and sup.first_exited() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as answer:
+                last = json.load(answer)
+        except urllib.error.HTTPError as exc:  # 503 while unready: its body says why
+            with contextlib.suppress(ValueError):
+                last = json.load(exc)
+        except (OSError, ValueError):
+            pass  # the API is not listening yet
+        if last.get("workers", 0) >= workers:
+            return True
+        if time.monotonic() > deadline:
+            say(f"vigil: after {timeout_s:.0f} s, not everything answers yet ({last or 'no API'}); "
+                "going on", stream=sys.stderr)
+            return True
+        time.sleep(0.25)
+    return False
+
+
 def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
            redis_url: str) -> str:
     api = f"http://127.0.0.1:{port}"
@@ -314,7 +344,7 @@ def main() -> int:
             if sup.stopping:
                 break
             sup.spawn(name, cmd, metrics_env if name in with_metrics else None)
-        if not sup.stopping:
+        if not sup.stopping and wait_ready(sup, port, workers=len(WORKER_ARGS)):
             say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
                        redis_url=env["REDIS_URL"]))
         while not sup.stopping:
