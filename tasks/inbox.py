@@ -55,10 +55,10 @@ def parse(raw: bytes | str) -> tuple[str, str]:
     return tenant, job_id
 
 
-def append(pipe: redis.client.Pipeline, tenant: str, job_id: str) -> None:
-    """Queue the append on a pipeline; its reply is the inbox's length after it (1: it was
-    empty, so the events worker may be idle and must be woken)."""
-    pipe.rpush(keys.events_inbox(), entry(tenant, job_id))
+def append(r: redis.Redis | redis.client.Pipeline, tenant: str, job_id: str) -> None:
+    """Append a job. The command's reply is the inbox's length after it (1: it was empty,
+    so the events worker may be idle and must be woken): read it from the pipeline."""
+    r.rpush(keys.events_inbox(), entry(tenant, job_id))
 
 
 def claim(r: redis.Redis, limit: int, until: float) -> list[tuple[str, str]]:

@@ -43,7 +43,7 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
     """
     r, cfg = redis_client(), settings()
     if tenant and job_id:
-        through_outages(partial(_append, r, tenant, job_id), "append to inbox")
+        through_outages(partial(inbox.append, r, tenant, job_id), "append to inbox")
     judged, deadline = 0, time.monotonic() + DRAIN_BUDGET_S
     while True:
         until = time.time() + cfg.visibility_timeout_s
@@ -60,12 +60,6 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
         if time.monotonic() > deadline:
             validate_events.delay()  # the rest in a fresh task
             return judged
-
-
-def _append(r: redis.Redis, tenant: str, job_id: str) -> None:
-    pipe = r.pipeline()
-    inbox.append(pipe, tenant, job_id)
-    pipe.execute()
 
 
 @shared_task(name="vigil.sweep_events", ignore_result=True)
