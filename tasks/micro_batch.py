@@ -1,12 +1,13 @@
 """Single-event jobs scored together: one vectorised pass per event type per micro-batch.
 
 The API appends single-event jobs to the inbox (tasks.inbox) and wakes this task when the
-inbox was empty. The task claims up to MAX_BATCH waiting jobs at once, judges them together,
-and claims again until the inbox is empty: events that arrive while a batch is judged form
-the next batch, so a lone event is judged at once and batches grow with the load by
-themselves. A worker that dies mid-batch leaves its claims, which the sweep (beat, every
-EVENTS_SWEEP_S) puts back once they lapse (VIGIL_VISIBILITY_TIMEOUT); merges are idempotent
-per job (tasks.validate.merge_per_job), so nothing is lost or counted twice.
+inbox was empty. The task claims up to MAX_BATCH waiting jobs at once (a small claim waits
+GATHER_S for more), judges them together, and claims again until the inbox is empty: events
+that arrive while a batch is judged form the next batch, so a lone event waits at most
+GATHER_S and batches grow with the load by themselves. A worker that dies mid-batch leaves
+its claims, which the sweep (beat, every EVENTS_SWEEP_S) puts back once they lapse
+(VIGIL_VISIBILITY_TIMEOUT); merges are idempotent per job (tasks.validate.merge_per_job), so
+nothing is lost or counted twice.
 """
 
 from __future__ import annotations
@@ -32,6 +33,12 @@ MAX_BATCH = 500
 # A task drains for at most this long, then hands over to a fresh message, so one task
 # does not run forever under a steady stream (Flower, time limits, restarts stay sane).
 DRAIN_BUDGET_S = 10.0
+# A claim of fewer than GATHER_BELOW jobs waits GATHER_S for more before judging: a small
+# batch is mostly fixed cost (frames, a model call, script calls). Measured at ~600 single
+# events/s: 0.45 instead of 0.8 ms of events-worker CPU per event, for at most 10 ms more
+# before a verdict.
+GATHER_BELOW = 50
+GATHER_S = 0.01
 
 
 @shared_task(name=inbox.WAKE_TASK, acks_late=True, ignore_result=True)
@@ -50,6 +57,10 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
         claimed = through_outages(partial(inbox.claim, r, MAX_BATCH, until), "claim events")
         if not claimed:
             return judged
+        if len(claimed) < GATHER_BELOW:
+            time.sleep(GATHER_S)
+            claimed += through_outages(partial(inbox.claim, r, MAX_BATCH - len(claimed), until),
+                                       "claim events")
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for owner, claimed_id in claimed:
             by_tenant[owner].append(claimed_id)
