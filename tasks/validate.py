@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -162,19 +162,17 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
         positions[job_id].append(position)
     # numpy rather than pandas per job: a micro-batch holds hundreds of one-event jobs.
     matrix, columns = judged.values.to_numpy(dtype=float), list(judged.values.columns)
+    # The whole chunk as one batch, under the first job's batch id and marking the others'
+    # (for a chunk of one job, simply that job's batch).
+    first, *others = positions
     pipe = r.pipeline(transaction=True)
-    if len(positions) > 1:
-        first, *others = positions
-        _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, list(range(len(chunk))),
-               batches[first], [batches[j] for j in others])
-    else:
-        for job_id, mine in positions.items():
-            _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, mine, batches[job_id])
+    _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, list(range(len(chunk))),
+           batches[first], [batches[j] for j in others])
     for job_id, mine in positions.items():
         store.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
                                    [judged.results[p] for p in mine])
     together = pipe.execute()[0]
-    if len(positions) > 1 and not together:
+    if others and not together:
         pipe = r.pipeline(transaction=True)
         for job_id, mine in positions.items():
             _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, mine, batches[job_id])
@@ -183,7 +181,7 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
 
 def _apply(pipe: redis.client.Pipeline, cfg: Settings, tenant: str, event_type: str,
            judged: JudgedChunk, matrix: np.ndarray, columns: list[str], mine: list[int],
-           batch_id: str, together_with: list[str] | None = None) -> None:
+           batch_id: str, together_with: Sequence[str] = ()) -> None:
     """Queue the merge of the chunk's rows ``mine`` (in time order) as one batch."""
     rows, verdicts = judged.rows, judged.verdicts
     valid = [p for p in mine if verdicts[p]["valid"]]
@@ -193,7 +191,7 @@ def _apply(pipe: redis.client.Pipeline, cfg: Settings, tenant: str, event_type: 
         recent=values_in_order(matrix[mine], columns),
         flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
                  for p in mine if not verdicts[p]["valid"]],
-        together_with=together_with or ())
+        together_with=together_with)
 
 
 def summarise(results: list[dict]) -> dict:
