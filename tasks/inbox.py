@@ -63,7 +63,9 @@ def append(r: redis.Redis | redis.client.Pipeline, tenant: str, job_id: str) -> 
 
 def claim(r: redis.Redis, limit: int, until: float) -> list[tuple[str, str]]:
     """Take up to ``limit`` entries, oldest first, claimed until ``until`` (epoch seconds)."""
-    taken = r.eval(_CLAIM, 2, keys.events_inbox(), keys.events_claimed(), limit, repr(until))
+    # register_script: EVALSHA, as store's scripts, not the script's text on every claim.
+    taken = r.register_script(_CLAIM)(keys=[keys.events_inbox(), keys.events_claimed()],
+                                      args=[limit, repr(until)])
     return [parse(raw) for raw in taken]
 
 
@@ -75,7 +77,8 @@ def release(r: redis.Redis, claimed: Sequence[tuple[str, str]]) -> None:
 
 def reclaim_lapsed(r: redis.Redis, now: float) -> int:
     """Put entries whose claim lapsed by ``now`` back at the head of the inbox; how many."""
-    return int(r.eval(_RECLAIM, 2, keys.events_inbox(), keys.events_claimed(), repr(now)))
+    return int(r.register_script(_RECLAIM)(keys=[keys.events_inbox(), keys.events_claimed()],
+                                           args=[repr(now)]))
 
 
 def waiting(r: redis.Redis) -> int:
