@@ -36,13 +36,16 @@ def ceiling(history: Sequence[dict], bodies: Sequence[bytes], cfg: Settings,
         model_frame(values, stamps, {}, cfg.derived_features))
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     schema = JobSubmitSchema()
-    parsed = [] if with_parsing else [schema.load(orjson.loads(body))["events"] for body in bodies]
+
+    def load(body: bytes) -> list[dict]:
+        return schema.load(orjson.loads(body))["events"]
+
+    parsed = [] if with_parsing else [load(body) for body in bodies]
 
     judged, k = 0, 0
     started = time.perf_counter()
     while time.perf_counter() - started < min_seconds or k < len(bodies):
-        chunk = (schema.load(orjson.loads(bodies[k % len(bodies)]))["events"] if with_parsing
-                 else parsed[k % len(bodies)])
+        chunk = load(bodies[k % len(bodies)]) if with_parsing else parsed[k % len(bodies)]
         k += 1
         frame = payload_frame([e["payload"] for e in chunk])
         model_input = model_frame(frame, [e["timestamp"] for e in chunk], last,
