@@ -59,9 +59,13 @@ def create_app(settings: Settings | None = None) -> Flask:
                            static_url_path=f"/assets/{name.replace('_', '-')}")
         app.register_blueprint(assets)
 
+    # Imported here, after ARGUMENTS_PARSER is set: their views take the parser when defined.
     from api import event_types, health, jobs, ui, webhooks
+    from api.fast_submit import FastSubmit
 
     for module in (jobs, event_types, webhooks, health):
         api.register_blueprint(module.blp)
     app.register_blueprint(ui.blp)  # the /ui web page: plain Flask, not in the OpenAPI document
+    # The hot request, single events, answered without the framework where it can be.
+    app.wsgi_app = FastSubmit(app.wsgi_app, app.extensions["vigil"])  # type: ignore[method-assign]
     return app

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 import flask
+import kombu.exceptions
 import pandas as pd
+import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
@@ -14,18 +17,20 @@ from api import idempotency
 from api.auth import require_tenant
 from api.ratelimit import limit_rate
 from api.schemas import (
+    EVENT_SCHEMA,
     JOB_ID,
-    EventSchema,
     JobAcceptedSchema,
     JobListSchema,
     JobQuerySchema,
     JobSchema,
     JobSubmitSchema,
 )
-from api.services import services
+from api.services import Services, services
 from core import ssrf
 from tasks import inbox, store
 from tasks.documents import job_document
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("jobs", __name__, url_prefix="/v1",
                 description="Submit events for validation and read the verdicts.")
@@ -63,9 +68,7 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
         except ValueError as exc:
             abort(422, message="callback_url refused", errors={"json": {"callback_url": [str(exc)]}})
     if via_inbox:
-        job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, events[0])
-        if wake:
-            svc.enqueue(inbox.WAKE_TASK)
+        job_id = admit_single_event(svc, tenant, events[0])
     else:
         job_id = store.create_job(svc.redis, svc.settings, tenant, kind=kind, events=events,
                                   event_type=event_type, callback_url=callback_url)
@@ -74,6 +77,21 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     status_url = flask.url_for("jobs.Job", job_id=job_id)
     return ({"job_id": job_id, "status": store.QUEUED, "status_url": status_url}, 202,
             {"Location": status_url})
+
+
+def admit_single_event(svc: Services, tenant: str, event: dict) -> str:
+    """Store a single-event job in the inbox (tasks.inbox); wake the events worker if the
+    inbox was empty. Returns the job id."""
+    job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event)
+    if wake:
+        try:
+            svc.enqueue(inbox.WAKE_TASK)
+        except (kombu.exceptions.OperationalError, redis.RedisError):
+            # The job is stored and in the inbox: beat's sweep (vigil.sweep_events) wakes the
+            # worker once the broker answers, so the job is accepted, not refused.
+            log.warning("wake message for the events inbox not sent; the sweep will send it",
+                        exc_info=True)
+    return job_id
 
 
 def document_json(job: dict, results_json: bytes | None) -> bytes:
@@ -94,7 +112,7 @@ def load_job(job_id: str) -> dict:
 
 @blp.route("/events/validate")
 class ValidateEvent(MethodView):
-    @blp.arguments(EventSchema())
+    @blp.arguments(EVENT_SCHEMA)
     @blp.doc(parameters=[idempotency.HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, event: dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import flask
 
@@ -48,24 +49,30 @@ def _job_id(response: flask.Response) -> str | None:
 def _finish(response: flask.Response) -> flask.Response:
     request = flask.request
     started = flask.g.get("vigil_started")
-    duration = time.perf_counter() - started if started is not None else None
     rule = request.url_rule
-    route = rule.rule if rule is not None else UNMATCHED
-    method = request.method if request.method in METHODS else "other"
-    metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(response.status_code)).inc()
+    record(request.method, rule.rule if rule is not None else UNMATCHED, request.path,
+           response.status_code, time.perf_counter() - started if started is not None else None,
+           tenant=flask.g.get("tenant"), job_id=lambda: _job_id(response))
+    return response
+
+
+def record(method: str, route: str, path: str, status: int, duration: float | None, *,
+           tenant: str | None, job_id: Callable[[], str | None]) -> None:
+    """Count and time one request, and log its line (job_id is asked for only if logged).
+    Flask's requests come through _finish; api.fast_submit's through here directly."""
+    method = method if method in METHODS else "other"
+    metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
     if duration is not None:
         metrics.HTTP_DURATION.labels(method=method, route=route).observe(duration)
 
     level = logging.DEBUG if route in QUIET_ROUTES else logging.INFO
     if log.isEnabledFor(level):
         fields = {"event": "request", "method": method, "route": route,
-                  "path": request.path[:MAX_LOGGED_PATH], "status": response.status_code,
+                  "path": path[:MAX_LOGGED_PATH], "status": status,
                   "duration_ms": round(duration * 1000, 2) if duration is not None else None}
-        tenant = flask.g.get("tenant")
         if tenant:
             fields["tenant"] = tenant
-        job_id = _job_id(response)
-        if job_id:
-            fields["job_id"] = job_id
-        log.log(level, "%s %s %s", method, fields["path"], response.status_code, extra=fields)
-    return response
+        logged_job = job_id()
+        if logged_job:
+            fields["job_id"] = logged_job
+        log.log(level, "%s %s %s", method, fields["path"], status, extra=fields)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import flask
+import redis
 from flask_smorest import abort
 
 from api.services import services
@@ -26,11 +27,15 @@ def limit_rate() -> None:
     more than VIGIL_RATE_LIMIT requests in the current second (0: no limit)."""
     svc = services()
     per_second = svc.settings.rate_limit
-    if per_second <= 0:
-        return
-    key = keys.rate_window(flask.g.tenant, int(time.time()))
-    count = svc.redis.register_script(_COUNT)(keys=[key], args=[WINDOW_TTL_S])
-    if count > per_second:
+    if over_limit(svc.redis, flask.g.tenant, per_second):
         abort(429, message=f"More than {per_second} requests per second with this API key; "
                            "retry after Retry-After seconds.",
               headers={"Retry-After": "1"})
+
+
+def over_limit(r: redis.Redis, tenant: str, per_second: int) -> bool:
+    """Count one request of the tenant's; True if that makes more than per_second this second."""
+    if per_second <= 0:
+        return False
+    key = keys.rate_window(tenant, int(time.time()))
+    return r.register_script(_COUNT)(keys=[key], args=[WINDOW_TTL_S]) > per_second

@@ -116,6 +116,9 @@ class EventSchema(HistoryEventSchema):
                              metadata={"description": "Your own id, echoed in the result"})
 
 
+EVENT_SCHEMA = EventSchema()  # shared: building a schema costs more than loading an event
+
+
 def _csv_events(rows: list[dict], fixed: tuple[str, ...]) -> list[dict]:
     """CSV rows -> events: the fixed columns stay, every other column goes into the payload."""
     return [{**{k: row[k] for k in fixed if k in row},

@@ -1,0 +1,98 @@
+"""POST /v1/events/validate for the requests that need nothing from the framework.
+
+A single event is the request clients send by the thousand per second, and Flask with
+flask-smorest and webargs costs several times what checking and storing the event costs.
+This WSGI middleware answers the common case itself: an authorised, well-formed, valid event
+under the rate limit, without an Idempotency-Key, with single events micro-batched. Every
+other request, and every one of these that is not that case, goes on to the Flask app
+unchanged: the errors have one place that words them, and the view (api.jobs.ValidateEvent)
+stays the documented resource. The answer is the same either way (tests/integration/
+test_fast_submit.py compares them).
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import marshmallow as ma
+import orjson
+import redis
+
+from api import observability
+from api.auth import tenant_for
+from api.jobs import admit_single_event
+from api.ratelimit import over_limit
+from api.schemas import EVENT_SCHEMA
+from api.services import Services
+from tasks import store
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+PATH = "/v1/events/validate"
+ROUTE = PATH  # its URL rule, the label /metrics and the log line know it by
+
+
+class FastSubmit:
+    """Wraps the Flask app's WSGI callable (app.wsgi_app = FastSubmit(app.wsgi_app, ...))."""
+
+    def __init__(self, app: WSGIApplication, services: Services) -> None:
+        self.app = app
+        self.services = services
+        self.api_keys = dict(services.settings.api_keys)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if (environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST"
+                or not self.services.settings.micro_batch
+                or "HTTP_IDEMPOTENCY_KEY" in environ):  # the Flask view keeps the replay store
+            return self.app(environ, start_response)
+        started = time.perf_counter()
+        body = self._body(environ)
+        if body is None:
+            return self.app(environ, start_response)
+        accepted = self._accept(environ, body)
+        if accepted is None:
+            environ["wsgi.input"] = io.BytesIO(body)  # read once here; Flask reads it again
+            return self.app(environ, start_response)
+        tenant, job_id = accepted
+        status_url = f"{environ.get('SCRIPT_NAME', '')}/v1/jobs/{job_id}"
+        answer = orjson.dumps({"job_id": job_id, "status": store.QUEUED, "status_url": status_url})
+        start_response("202 ACCEPTED", [("Content-Type", "application/json"),
+                                         ("Content-Length", str(len(answer))),
+                                         ("Location", status_url)])
+        observability.record("POST", ROUTE, PATH, 202, time.perf_counter() - started,
+                             tenant=tenant, job_id=lambda: job_id)
+        return [answer]
+
+    def _body(self, environ: WSGIEnvironment) -> bytes | None:
+        """The JSON body, or None where Flask must answer (wrong type, no length, too large)."""
+        if environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower() != "application/json":
+            return None
+        length = environ.get("CONTENT_LENGTH", "")
+        if not length.isdigit() or not 0 < int(length) <= self.services.settings.max_body_bytes:
+            return None
+        return environ["wsgi.input"].read(int(length))
+
+    def _accept(self, environ: WSGIEnvironment, body: bytes) -> tuple[str, str] | None:
+        """(tenant, job id) once stored; None where Flask must answer instead."""
+        tenant = tenant_for(environ.get("HTTP_AUTHORIZATION"), self.api_keys)
+        if tenant is None:
+            return None
+        try:
+            event: Any = EVENT_SCHEMA.load(orjson.loads(body))
+        except (orjson.JSONDecodeError, ma.ValidationError):
+            return None
+        svc = self.services
+        try:
+            # Over the limit, Flask counts the request again and answers 429; the extra count
+            # lands in a window that is refusing anyway.
+            if over_limit(svc.redis, tenant, svc.settings.rate_limit):
+                return None
+            return tenant, admit_single_event(svc, tenant, event)
+        except redis.RedisError:
+            # Nothing was stored (one MULTI), unless only its reply was lost, as with any
+            # client's retry: Flask tries once more and answers 503 if Redis is still away.
+            return None
