@@ -22,4 +22,4 @@ USER vigil
 
 EXPOSE 8000
 
-CMD ["gunicorn", "--bind", "0.0.0.0:8000", "--workers", "2", "api:create_app()"]
+CMD ["uwsgi", "--ini", "uwsgi.ini", "--http-socket", "0.0.0.0:8000", "--module", "api.wsgi:app"]

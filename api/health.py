@@ -63,7 +63,7 @@ class Metrics(MethodView):
         """Prometheus metrics
 
         With PROMETHEUS_MULTIPROC_DIR set, the sum over every process writing to that directory
-        (all gunicorn workers; the Celery workers too when they share it, as in `make run`).
+        (all uWSGI workers; the Celery workers too when they share it, as in `make run`).
         `vigil_queue_depth` is read from Redis at each scrape.
         """
         svc = services()

@@ -72,7 +72,7 @@ def role_of(pid: int, cmd: str) -> str:
         return "run.py"
     if "benchmarks.sync_api" in cmd:
         return "sync api"
-    if "gunicorn" in cmd:
+    if "uwsgi" in cmd:
         return "api"
     if "celery" in cmd:
         for role in ("flower", "beat"):
@@ -213,11 +213,12 @@ class Processes:
         self._wait_ready(started, "/readyz", lambda body: body.get("workers", 0) >= expect_workers)
         return started
 
-    def start_gunicorn(self, name: str, app: str, workers: int, **env: str) -> Started:
+    def start_uwsgi(self, name: str, module: str, **env: str) -> Started:
+        """`module` served as Vigil's API is (uwsgi.ini), on a free port."""
         port = free_port()
-        cmd = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers",
-               str(workers), app]
-        # SIGINT: gunicorn's quick shutdown (SIGTERM waits up to 30 s for busy workers).
+        cmd = [str(Path(sys.executable).with_name("uwsgi")), "--ini", str(ROOT / "uwsgi.ini"),
+               "--http-socket", f"127.0.0.1:{port}", "--module", module]
+        # SIGINT: uWSGI's immediate stop (SIGTERM lets busy workers finish first).
         started = self._popen(name, cmd, child_env(**env), own_session=False,
                               url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT)
         self._wait_ready(started, "/healthz", lambda body: True)

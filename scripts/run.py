@@ -152,7 +152,7 @@ class Supervisor:
         for child in alive:
             if child.proc.poll() is None:
                 say(f"vigil: {child.name} did not stop within {STOP_TIMEOUT_S:.0f}s, killing it")
-                # SIGKILL leaves no chance to reap gunicorn/celery pool processes: kill them too.
+                # SIGKILL leaves no chance to reap uWSGI/Celery pool processes: kill them too.
                 for pid in [*_descendants(child.proc.pid), child.proc.pid]:
                     _signal(pid, signal.SIGKILL)
                 child.proc.wait()
@@ -304,11 +304,10 @@ def main() -> int:
         die(str(exc))
 
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
-    gunicorn, celery = executable("gunicorn"), executable("celery")
+    uwsgi, celery = executable("uwsgi"), executable("celery")
     commands: list[tuple[str, list[str]]] = [
-        # No access log: the API logs one JSON line per request itself (api/observability.py).
-        ("api", [gunicorn, "--bind", f"127.0.0.1:{port}", "--workers", "2",
-                 "--config", str(ROOT / "gunicorn.conf.py"), "api:create_app()"]),
+        ("api", [uwsgi, "--ini", str(ROOT / "uwsgi.ini"), "--http-socket", f"127.0.0.1:{port}",
+                 "--module", "api.wsgi:app"]),
         *((role, [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO", "-E",
                   "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
         ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
@@ -320,7 +319,7 @@ def main() -> int:
     shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
     PROMETHEUS_DIR.mkdir()
     # The API and the workers share the directory, so the API's /metrics adds up every
-    # gunicorn worker and every Celery pool process; beat and Flower stay out of it.
+    # uWSGI worker and every Celery pool process; beat and Flower stay out of it.
     metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(PROMETHEUS_DIR)}
     with_metrics = {"api", *WORKER_ARGS}
 
