@@ -7,7 +7,7 @@
    and its submit latency at a fixed offered rate while a batch backlog keeps the workers busy;
    the batch path for event types with 10^3, 10^5 and 10^7 events of history.
 2. Reference (a): the same stack with VIGIL_MICRO_BATCH=off (a task per single event).
-3. Reference (b): benchmarks/sync_api.py under gunicorn (checks in the request handler).
+3. Reference (b): benchmarks/sync_api.py under uWSGI (checks in the request handler).
 
 Prints one table (and where the CPU went). Figures only: nothing is asserted, and the
 machine may be shared, so they move from run to run. Every process started is stopped at
@@ -51,6 +51,8 @@ PER_JOB = 1000
 IMPORT_CHUNK = 10_000  # events per history-import job (VIGIL_MAX_EVENTS_PER_JOB)
 # (history size, event type, history imported through the API; the rest as moments)
 SCALES = [(10**3, "hist-1e3", 10**3), (10**5, "hist-1e5", 10**5), (10**7, "hist-1e7", 10**4)]
+# The one benchmark tenant sends more than the default limit of 1,000 requests/s per tenant.
+NO_RATE_LIMIT = {"VIGIL_RATE_LIMIT": "0"}
 # Seconds per phase (multiplied by --time-scale).
 SECONDS = {"batch": 12, "ceiling": 4, "single": 10, "latency_low": 10, "latency": 8, "scale": 5,
            "warmup": 2}
@@ -177,7 +179,7 @@ def latency(stack: Started, redis_url: str | None, offered: float, seconds: floa
 
 
 def warm_up(stack: Started, seconds: float, jobs: list[bytes], singles: list[bytes]) -> None:
-    """Every worker process loads the model once; gunicorn workers import lazily."""
+    """Every worker process loads the model once; API workers import lazily."""
     run(load.batch_stream(stack.url, jobs, seconds, in_flight=4))
     run(load.single_stream(stack.url, singles, seconds, submitters=4))
 
@@ -205,7 +207,7 @@ def bench_vigil(procs: Processes, scale: float, results: dict) -> None:
     singles = load.event_bodies(MAIN_TYPE, 5000)
     redis_url = procs.start_redis("redis-vigil")
     log("starting Vigil (scripts/run.py)")
-    stack = procs.start_vigil("Vigil", redis_url, expect_workers=len(WORKER_ARGS))
+    stack = procs.start_vigil("Vigil", redis_url, expect_workers=len(WORKER_ARGS), **NO_RATE_LIMIT)
     log(f"seeding: {MAIN_TYPE} {HISTORY_ROWS} rows; history sizes 10^3, 10^5, 10^7")
     import_history(stack.url, MAIN_TYPE, history)
     for size, event_type, imported in SCALES:
@@ -250,7 +252,7 @@ def bench_reference_a(procs: Processes, scale: float, results: dict) -> None:
     singles = load.event_bodies(MAIN_TYPE, 5000)
     redis_url = procs.start_redis("redis-a")
     log("starting reference (a): scripts/run.py with VIGIL_MICRO_BATCH=off")
-    stack = procs.start_vigil("(a)", redis_url, expect_workers=len(WORKER_ARGS),
+    stack = procs.start_vigil("(a)", redis_url, expect_workers=len(WORKER_ARGS), **NO_RATE_LIMIT,
                               VIGIL_MICRO_BATCH="off")
     import_history(stack.url, MAIN_TYPE, load.history(HISTORY_ROWS))
     warm_up(stack, SECONDS["warmup"] * scale, jobs, singles)
@@ -271,9 +273,8 @@ def bench_reference_b(procs: Processes, scale: float, results: dict) -> None:
     job_id = store.create_job(r, cfg, DEV_TENANT, kind="history", events=load.history(HISTORY_ROWS),
                               event_type=MAIN_TYPE)
     import_in_process(r, cfg, DEV_TENANT, {"job_id": job_id, "event_type": MAIN_TYPE})
-    log("starting reference (b): benchmarks.sync_api under gunicorn, 2 workers")
-    server = procs.start_gunicorn("(b)", "benchmarks.sync_api:create_app()", 2,
-                                  REDIS_URL=redis_url)
+    log("starting reference (b): benchmarks.sync_api under uWSGI as Vigil's API (uwsgi.ini)")
+    server = procs.start_uwsgi("(b)", "benchmarks.sync_api:create_app()", REDIS_URL=redis_url)
     run(load.sync_stream(server.url, singles, SECONDS["warmup"] * scale))
     log("3b. single events")
     results["b_single"] = measured("(b) single", lambda: run(
@@ -340,8 +341,8 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         f"{(datetime.now(UTC) - started).total_seconds():.0f} s" + (
             f", phases x{scale}" if scale != 1 else ""))
     add(f"machine: {header}")
-    add("Vigil: defaults (VIGIL_* unset, dev API key), scripts/run.py: API gunicorn 2 sync workers, "
-        "'worker' 2 processes,")
+    add("Vigil: defaults (VIGIL_* unset, dev API key) but VIGIL_RATE_LIMIT=0, scripts/run.py: API "
+        "uWSGI 2 processes, 'worker' 2 processes,")
     add("  'events' 1 process (drains the single-event inbox), beat, Flower; each system its own Redis "
         "(AOF everysec)")
     add("  on this machine; load generator on the same cores: one asyncio process (a minimal HTTP/1.1 "
