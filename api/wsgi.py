@@ -1,8 +1,28 @@
 """The WSGI application uWSGI serves (uwsgi.ini), built once in each worker process."""
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from api import create_app
 from core.gctuning import tune_gc
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+
+def keep_query_string(wsgi_app: "WSGIApplication") -> "WSGIApplication":
+    """uWSGI leaves QUERY_STRING out of a request whose variables outgrow its buffer (the
+    query string counts twice, in REQUEST_URI too), and the app would answer as if no query
+    had been sent (GET /v1/jobs?ids= with 600 ids listed the latest jobs). REQUEST_URI
+    still has it."""
+    def app(environ: "WSGIEnvironment", start_response: "StartResponse") -> Iterable[bytes]:
+        if "QUERY_STRING" not in environ:
+            environ["QUERY_STRING"] = environ.get("REQUEST_URI", "").partition("?")[2]
+        return wsgi_app(environ, start_response)
+    return app
+
+
 app = create_app()
-# After start-up, in the process that serves (uwsgi.ini has lazy-apps: after the fork).
+app.wsgi_app = keep_query_string(app.wsgi_app)  # type: ignore[method-assign]
+# Before uWSGI forks its workers: what exists now stays shared and out of every collection.
 tune_gc()

@@ -266,7 +266,7 @@ async def batch_stream(url: str, bodies: Sequence[bytes], seconds: float, *, in_
 # --- single events --------------------------------------------------------------------------
 
 async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
-                        submitters: int = 16, pollers: int = 2, max_outstanding: int = 300,
+                        submitters: int = 16, pollers: int = 2, max_outstanding: int = 1000,
                         read_at_once: int = 100, drain_s: float = 10.0) -> Throughput:
     """Single events submitted concurrently for `seconds`; their verdicts read in bulk.
 
@@ -275,6 +275,10 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
     `GET /v1/jobs?ids=` (backing off while none of them is ready), as a client sending many
     single events would. Events/s: verdicts read over the time from the first POST to the
     last verdict read. Jobs still unfinished drain_s after the deadline are left out.
+
+    max_outstanding bounds the client, not the system: events/s can be at most about
+    max_outstanding / (time from submit to verdict read). With 300, Vigil's cores were 15%
+    idle and the figure was 1,457 events/s; with 1,000, 1,707, in the same minute.
     """
     result = Throughput()
     http = Http(url)

@@ -382,8 +382,8 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
 
     add("2./3. Single events, POST /v1/events/validate. events/s: 16 concurrent clients submit for "
         f"{SECONDS['single'] * scale:.0f} s (at most")
-    add("   300 events awaiting a verdict); verdicts read up to 100 at a time with GET /v1/jobs?ids= (Vigil, "
-        "(a)) or")
+    add("   1,000 events awaiting a verdict); verdicts read up to 100 at a time with GET /v1/jobs?ids= "
+        "(Vigil, (a)) or")
     add("   taken from the 200 answer ((b));")
     add("   first submit -> last verdict. Submit latency: open loop (request k due at t0 + k/rate, timed "
         "from when it")
