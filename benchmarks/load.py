@@ -428,11 +428,12 @@ async def open_loop(url: str, bodies: Sequence[bytes], rate: float, seconds: flo
 # --- background batch stream (a separate process) -------------------------------------------
 
 def saturate(url: str, redis_url: str, event_type: str, seconds: float,
-             backlog_rate: float = 30_000) -> int:
+             backlog_rate: float = 60_000) -> int:
     """Keep the workers busy for `seconds` with a backlog of 1,000-event jobs queued ahead.
 
-    The backlog (seconds x backlog_rate events, more than the workers judge in that time)
-    is submitted first, then "ready" is printed and the measurement starts: during it the
+    The backlog (seconds x backlog_rate events, more than the workers judge in that time:
+    with 30,000, py-spy caught the API parsing top-up jobs during the measurement on a
+    machine where the workers judged faster) is submitted first, then "ready" is printed and the measurement starts: during it the
     API answers only the measured requests, so what is measured is whether busy workers slow
     submits down, not the API also parsing a concurrent batch stream. Should the backlog run
     low anyway (its newest jobs started) it is topped up. Statuses are read from the job
