@@ -122,7 +122,8 @@ class Supervisor:
         self.stopping = True
         say(f"\nvigil: {signal.Signals(signum).name} received, stopping everything...")
 
-    def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None) -> None:
+    def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None,
+              nice: int = 0) -> None:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -135,6 +136,8 @@ class Supervisor:
             bufsize=1,
             start_new_session=False,
         )
+        if nice:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
         self.children.append(Child(name, proc))
 
     def first_exited(self) -> Child | None:
@@ -342,7 +345,10 @@ def main() -> int:
         for name, cmd in commands:
             if sup.stopping:
                 break
-            sup.spawn(name, cmd, metrics_env if name in with_metrics else None)
+            # Beat and Flower yield the CPU to requests as the workers do (tasks/worker.py): under
+            # load Flower digests every task event, and shared cores are the API's first.
+            sup.spawn(name, cmd, metrics_env if name in with_metrics else None,
+                      nice=settings.worker_nice if name in ("beat", "flower") else 0)
         if not sup.stopping and wait_ready(sup, port, workers=len(WORKER_ARGS)):
             say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
                        redis_url=env["REDIS_URL"]))
