@@ -238,8 +238,8 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
     """finish_job for many jobs in one round trip: {job_id: (status, summary, results, error)}.
 
     Results are written first: a client that sees `succeeded` must find them. A finished
-    job is then kept for the full TTL from now, not from submission; its events are deleted. Returns the ids that
-    finished (not cancelled or expired meanwhile).
+    job is then kept for the full TTL from now, not from submission; its events are deleted.
+    Returns the ids that finished (not cancelled or expired meanwhile).
     """
     finish = r.register_script(_FINISH)
     pipe = r.pipeline(transaction=False)
