@@ -179,7 +179,7 @@ def latency(stack: Started, redis_url: str | None, offered: float, seconds: floa
 
 
 def warm_up(stack: Started, seconds: float, jobs: list[bytes], singles: list[bytes]) -> None:
-    """Every worker process loads the model once; API workers import lazily."""
+    """Every worker process loads the model once."""
     run(load.batch_stream(stack.url, jobs, seconds, in_flight=4))
     run(load.single_stream(stack.url, singles, seconds, submitters=4))
 
