@@ -74,7 +74,10 @@ class FastSubmit:
         length = environ.get("CONTENT_LENGTH", "")
         if not length.isdigit() or not 0 < int(length) <= self.services.settings.max_body_bytes:
             return None
-        return environ["wsgi.input"].read(int(length))
+        try:
+            return environ["wsgi.input"].read(int(length))
+        except OSError:  # the client went away mid-body (uWSGI raises): Flask answers it
+            return b""
 
     def _accept(self, environ: WSGIEnvironment, body: bytes) -> tuple[str, str] | None:
         """(tenant, job id) once stored; None where Flask must answer instead."""
