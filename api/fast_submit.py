@@ -96,6 +96,6 @@ class FastSubmit:
                 return None
             return tenant, admit_single_event(svc, tenant, event)
         except redis.RedisError:
-            # Nothing was stored (one MULTI), unless only its reply was lost, as with any
+            # Nothing was stored (one script call), unless only its reply was lost, as with any
             # client's retry: Flask tries once more and answers 503 if Redis is still away.
             return None

@@ -436,8 +436,8 @@ def saturate(url: str, redis_url: str, event_type: str, seconds: float,
     machine where the workers judged faster) is submitted first, then "ready" is printed and
     the measurement starts: during it the API answers only the measured requests, so what is
     measured is whether busy workers slow submits down, not the API also parsing a
-    concurrent batch stream. Should the backlog run
-    low anyway (its newest jobs started) it is topped up. Statuses are read from the job
+    concurrent batch stream. Should the backlog run low anyway (its newest jobs started) it
+    is topped up. Statuses are read from the job
     store, not with GET /v1/jobs/{id}. On SIGTERM the jobs not yet started are cancelled, so the next
     phase starts with idle workers. Returns the number of events judged.
     """

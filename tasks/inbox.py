@@ -1,7 +1,8 @@
 """The inbox of single-event jobs: a Redis list the events worker drains in micro-batches.
 
-The API stores a single-event job and appends it here in one transaction; only when the inbox
-was empty does it also send the events worker a Celery message to wake it. The worker claims
+The API stores a single-event job and appends it here in one script call
+(tasks.store.create_inbox_job); only when the inbox was empty does it also send the events
+worker a Celery message to wake it. The worker claims
 up to a batch of entries at once (moved atomically to a set of claims with a deadline), judges
 them together and then drops the claims. Entries of a worker that died stay claimed until
 their deadline, when the sweep (beat) puts them back first in line: at-least-once, and the
@@ -56,8 +57,8 @@ def parse(raw: bytes | str) -> tuple[str, str]:
 
 
 def append(r: redis.Redis | redis.client.Pipeline, tenant: str, job_id: str) -> None:
-    """Append a job. The command's reply is the inbox's length after it (1: it was empty,
-    so the events worker may be idle and must be woken): read it from the pipeline."""
+    """Append a job stored earlier (a new job is appended by store.create_inbox_job as it
+    is stored): a message of the earlier design, one per event, after an upgrade."""
     r.rpush(keys.events_inbox(), entry(tenant, job_id))
 
 
