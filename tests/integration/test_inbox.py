@@ -6,8 +6,9 @@ import time
 
 import pytest
 import redis
+from helpers import EVENT
 
-from tasks import inbox
+from tasks import inbox, store
 
 
 @pytest.fixture
@@ -18,23 +19,22 @@ def r(redis_server) -> redis.Redis:
     return client
 
 
-def submit(r: redis.Redis, job_id: str) -> int:
-    """Append as the API does; the inbox's length after it (1: wake the events worker)."""
-    pipe = r.pipeline()
-    inbox.append(pipe, "alpha", job_id)
-    return pipe.execute()[-1]
+def submit(r: redis.Redis, settings) -> tuple[str, bool]:
+    """Store a single event as the API does: its job id, and whether to wake the worker."""
+    return store.create_inbox_job(r, settings, "alpha", EVENT)
 
 
-def test_only_the_first_of_a_burst_wakes_the_worker_and_claims_take_the_oldest(r):
-    assert [submit(r, c * 32) for c in "abc"] == [1, 2, 3]
-    assert inbox.claim(r, 2, time.time() + 60) == [("alpha", "a" * 32), ("alpha", "b" * 32)]
+def test_only_the_first_of_a_burst_wakes_the_worker_and_claims_take_the_oldest(r, settings):
+    (a, wake_a), (b, wake_b), (c, wake_c) = (submit(r, settings) for _ in range(3))
+    assert [wake_a, wake_b, wake_c] == [True, False, False]
+    assert inbox.waiting(r) == 3
+    assert inbox.claim(r, 2, time.time() + 60) == [("alpha", a), ("alpha", b)]
     assert inbox.waiting(r) == 1
 
 
-def test_a_lapsed_claim_goes_back_first_in_line(r):
-    for job_id in ("a" * 32, "b" * 32):
-        submit(r, job_id)
-    assert inbox.claim(r, 1, time.time() - 1) == [("alpha", "a" * 32)]  # its worker died
+def test_a_lapsed_claim_goes_back_first_in_line(r, settings):
+    (a, _), (b, _) = submit(r, settings), submit(r, settings)
+    assert inbox.claim(r, 1, time.time() - 1) == [("alpha", a)]  # its worker died
     assert inbox.reclaim_lapsed(r, time.time()) == 1
-    assert inbox.claim(r, 500, time.time() + 60) == [("alpha", "a" * 32), ("alpha", "b" * 32)]
+    assert inbox.claim(r, 500, time.time() + 60) == [("alpha", a), ("alpha", b)]
     assert inbox.reclaim_lapsed(r, time.time()) == 0  # live claims stay claimed
