@@ -235,7 +235,6 @@ def browser():
 
 def test_plot_in_chromium_shows_band_and_flagged_points(api_url, seeded, browser):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     wait = WebDriverWait(browser, 30)
@@ -247,7 +246,11 @@ def test_plot_in_chromium_shows_band_and_flagged_points(api_url, seeded, browser
     Select(browser.find_element(By.ID, "type")).select_by_value(seeded["event_type"])
     show = browser.find_element(By.CSS_SELECTOR, "nav.types button")
     show.click()
-    wait.until(staleness_of(show))  # the chosen type's page replaced the first one
+    # Wait on the address, not on the old button going stale: asked about a node while the
+    # page is being replaced, chromedriver can answer "Node ... does not belong to the
+    # document" (an unknown error, not a StaleElementReference), which failed CI once.
+    wait.until(lambda d: f"type={seeded['event_type']}" in d.current_url)
+    wait.until(lambda d: d.execute_script("return document.readyState") == "complete")
     selector = f'section[data-event-type="{seeded["event_type"]}"] .plot[data-field="amount"] img'
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, selector))
     img = browser.find_element(By.CSS_SELECTOR, selector)
