@@ -11,8 +11,10 @@ httpx costs about 1.6 ms (measured here): with httpx, a 500 req/s open loop alon
 most of a core from the server.
 
 `python -m benchmarks.load saturate --url ... --redis ... --seconds ...` is the backlog of
-batch jobs that keeps Vigil's workers busy while submit latency is measured (a separate
-process, so it does not share an event loop or a GIL with the measuring client).
+batch jobs that keeps Vigil's workers busy while submit latency is measured, and
+`python -m benchmarks.load judge-batches --url ... --seconds ...` the same jobs judged in
+reference (b)'s handler (separate processes, so they share no event loop or GIL with the
+measuring client).
 """
 
 from __future__ import annotations
@@ -492,6 +494,46 @@ def saturate(url: str, redis_url: str, event_type: str, seconds: float,
     return done
 
 
+def judge_batches(url: str, event_type: str, seconds: float, in_flight: int = 2) -> int:
+    """Keep reference (b) busy for `seconds` with the same 1,000-event jobs, judged in its
+    handler: a closed loop of `in_flight` POST /v1/jobs (two, as the saturator submits to
+    Vigil's two API processes). (b) has no workers and no queue, so a backlog cannot be
+    queued ahead: its batch work is requests being judged. "ready" is printed once the first
+    job has been judged; SIGTERM stops it. Returns the number of events judged.
+    """
+    import signal
+
+    bodies = job_bodies(event_type, 8, seed=7)
+    judged = 0
+
+    async def loop_all() -> None:
+        nonlocal judged
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        http = Http(url)
+        counter = iter(range(10**9))
+        deadline = time.monotonic() + seconds
+
+        async def one_loop() -> None:
+            nonlocal judged
+            while not stop.is_set() and time.monotonic() < deadline:
+                status, answer = await http.request("POST", "/v1/jobs",
+                                                    bodies[next(counter) % len(bodies)])
+                if status != 200:  # an idle measurement must not pass for a busy one
+                    raise RuntimeError(f"POST /v1/jobs answered {status}: {answer[:300]!r}")
+                if not judged:
+                    print("ready", flush=True)
+                judged += 1000
+
+        try:
+            await asyncio.gather(*(one_loop() for _ in range(in_flight)))
+        finally:
+            http.close()
+
+    asyncio.run(loop_all())
+    return judged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -500,8 +542,16 @@ def main(argv: list[str] | None = None) -> int:
     sat.add_argument("--redis", required=True)
     sat.add_argument("--event-type", default="bench")
     sat.add_argument("--seconds", type=float, required=True)
+    busy = sub.add_parser("judge-batches",
+                          help="keep reference (b) busy judging batch jobs in its handler")
+    busy.add_argument("--url", required=True)
+    busy.add_argument("--event-type", default="bench")
+    busy.add_argument("--seconds", type=float, required=True)
     args = parser.parse_args(argv)
-    done = saturate(args.url, args.redis, args.event_type, args.seconds)
+    if args.command == "saturate":
+        done = saturate(args.url, args.redis, args.event_type, args.seconds)
+    else:
+        done = judge_batches(args.url, args.event_type, args.seconds)
     print(json.dumps({"events": done}), flush=True)
     return 0
 

@@ -137,6 +137,21 @@ def wait_idle(redis_url: str, timeout_s: float = 90) -> None:
     time.sleep(0.5)
 
 
+def wait_answering(url: str, timeout_s: float = 90) -> None:
+    """Until three health checks in a row are answered within 100 ms: requests left queued by
+    an overloaded phase (their clients gone) answered, so they do not slow the next one."""
+    deadline = time.monotonic() + timeout_s
+    quick = 0
+    while quick < 3 and time.monotonic() < deadline:
+        started = time.perf_counter()
+        try:
+            httpx.get(f"{url}/healthz", timeout=10).raise_for_status()
+            quick = quick + 1 if time.perf_counter() - started < 0.1 else 0
+        except httpx.HTTPError:
+            quick = 0
+        time.sleep(0.2)
+
+
 def type_figures(redis_url: str, event_type: str) -> dict:
     r = redis.Redis.from_url(redis_url)
     baseline = store.load_baseline(r, DEV_TENANT, event_type, ["amount"])
@@ -150,22 +165,24 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def latency(stack: Started, redis_url: str | None, offered: float, seconds: float,
-            bodies: list[bytes], ok_status: int = 202) -> Phase:
-    """Submit latency at `offered` req/s (open loop). With redis_url (Vigil, (a)), while a
-    backlog of batch jobs keeps the workers busy; without ((b): no workers), alone."""
+def latency(stack: Started, offered: float, seconds: float, bodies: list[bytes],
+            busy: list[str] | None, ok_status: int = 202, name: str = "") -> Phase:
+    """Submit latency at `offered` req/s (open loop), alone or, with `busy` (the arguments of
+    a `benchmarks.load` command: `saturate` for Vigil and (a), `judge-batches` for (b)), while
+    that process keeps the system busy with batch checks."""
     saturator = None
-    if redis_url is not None:
+    if busy is not None:
         saturator = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.load", "saturate", "--url", stack.url,
-             "--redis", redis_url, "--seconds", str(seconds + 4)],
+            [sys.executable, "-m", "benchmarks.load", *busy, "--url", stack.url,
+             "--seconds", str(seconds + 4)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        # The backlog is queued first (benchmarks.load.saturate); then the workers get busy.
+        # The batch work starts first (a backlog queued, or the first job judged); then the
+        # system is busy with it.
         if saturator.stdout.readline().strip() != "ready":
-            raise RuntimeError("the batch backlog could not be submitted")
+            raise RuntimeError(f"the batch work ({busy[0]}) could not be started")
         time.sleep(2)
     try:
-        return measured(f"{stack.name} @{offered:g}/s", lambda: run(load.open_loop(
+        return measured(f"{name or stack.name} @{offered:g}/s", lambda: run(load.open_loop(
             stack.url, bodies, offered, seconds, timeout_s=TIMEOUT_S, ok_status=ok_status)),
             lambda result: result.sent)
     finally:
@@ -193,8 +210,8 @@ def single_events(stack: Started, redis_url: str, scale: float, singles: list[by
     # No wait for leftovers: the latency phases want the workers busy anyway.
     for key, offered in (("latency_low", LOW_RATE), ("latency", RATE)):
         log(f"{stack.name}: submit latency at {offered}/s, workers busy")
-        results[f"{prefix}{key}"] = latency(stack, redis_url, offered, SECONDS[key] * scale,
-                                            singles)
+        results[f"{prefix}{key}"] = latency(stack, offered, SECONDS[key] * scale, singles,
+                                            busy=["saturate", "--redis", redis_url])
         if key == "latency_low":
             wait_idle(redis_url)
 
@@ -279,10 +296,15 @@ def bench_reference_b(procs: Processes, scale: float, results: dict) -> None:
     log("3b. single events")
     results["b_single"] = measured("(b) single", lambda: run(
         load.sync_stream(server.url, singles, SECONDS["single"] * scale)))
-    for key, offered in (("latency_low", LOW_RATE), ("latency", RATE)):
-        log(f"(b): latency at {offered}/s")
-        results[f"b_{key}"] = latency(server, None, offered, SECONDS[key] * scale, singles,
-                                      ok_status=200)
+    # Alone, then while two batch jobs at a time are judged in its handler: (b) has no
+    # workers, so that is where the batch work that keeps Vigil's workers busy goes.
+    for prefix, busy in (("b_", None), ("b_busy_", ["judge-batches"])):
+        for key, offered in (("latency_low", LOW_RATE), ("latency", RATE)):
+            log(f"(b): latency at {offered}/s" + (", judging batch jobs" if busy else ""))
+            wait_answering(server.url)
+            results[f"{prefix}{key}"] = latency(server, offered, SECONDS[key] * scale, singles,
+                                                busy, ok_status=200,
+                                                name="(b) busy" if busy else "")
     log("stopping reference (b)")
     procs.stop(server)
 
@@ -389,13 +411,16 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         "from when it")
     add(f"   was due; unanswered after {TIMEOUT_S:g} s = failed, slower than any answer); Vigil and (a) "
         "while a backlog")
-    add("   of 1,000-event jobs, queued beforehand by another process, keeps the workers busy; (b) has no "
-        "workers to keep busy.")
+    add("   of 1,000-event jobs, queued beforehand by another process, keeps the workers busy; (b) alone, "
+        "and while another")
+    add("   process has the same jobs judged in (b)'s handler, two at a time ((b) has no workers: its "
+        "batch work is requests).")
     add(f"   {'':34}{'':>9}  {f'--- at {LOW_RATE} submits/s ---':^24}  "
         f"{f'------------ at {RATE} submits/s ------------':^46}")
     add(f"   {'':34}{'events/s':>9}  {'p50':>11}{'p99':>12}  {'p50':>11}{'p99':>12}{'failed':>12}"
         f"{'late sends':>12}")
-    rows = {"Vigil (micro-batches)": "", "(a) a task per event": "a_", "(b) checks in the handler": "b_"}
+    rows = {"Vigil (micro-batches)": "", "(a) a task per event": "a_",
+            "(b) checks in the handler, alone": "b_", "(b) ... judging batch jobs": "b_busy_"}
     figures = {}
     for label, prefix in rows.items():
         tp = get(f"{prefix}single").result.per_s if get(f"{prefix}single") else nan
@@ -419,7 +444,8 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
             add(f"   {label}: {unmodelled:,} verdicts had no anomaly score (no model loaded)")
     v_tp, v_low99, v_p99 = figures[""][0], figures[""][2], figures[""][4]
     a_tp = figures["a_"][0]
-    b_low99, b_p99 = figures["b_"][2], figures["b_"][4]
+    b_low99, b_p99 = figures["b_busy_"][2], figures["b_busy_"][4]
+    alone_low99, alone_p99 = figures["b_"][2], figures["b_"][4]
     vs_a = ratio(v_tp, a_tp)
     add(f"   {'Vigil events/s':56}{rate(v_tp):>12}   {'>= 1,500':>10}  "
         f"{met(v_tp >= GOALS['single'] if v_tp == v_tp else None)}")
@@ -427,7 +453,12 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         f"{met(vs_a >= GOALS['vs_a'] if vs_a == vs_a else None)}")
     add(f"   {f'Vigil submit p99 at {RATE}/s':56}{ms(v_p99):>12}   {'<= 10 ms':>10}  "
         f"{met(v_p99 * 1000 <= GOALS['p99_ms'] if v_p99 == v_p99 else None)}")
-    for offered, b99, v99, goal in ((RATE, b_p99, v_p99, True), (LOW_RATE, b_low99, v_low99, False)):
+    # Like for like: both while batch checks go on (Vigil's in its workers, (b)'s in its
+    # handler). (b) alone, for information: its submits then have its cores to themselves.
+    for offered, b99, v99, goal, how in (
+            (RATE, b_p99, v_p99, True, "both busy"), (LOW_RATE, b_low99, v_low99, False, "both busy"),
+            (RATE, alone_p99, v_p99, False, "(b) alone"),
+            (LOW_RATE, alone_low99, v_low99, False, "(b) alone")):
         both_out = math.isinf(b99) and math.isinf(v99)
         # (b) beyond the timeout: its p99 is at least TIMEOUT_S, so the ratio at least this.
         b_out = math.isinf(b99) and not both_out
@@ -435,7 +466,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         text = "both > timeout" if both_out else ("> " if b_out else "") + times(vs_b)
         verdict = (met(vs_b >= GOALS["vs_b"] if vs_b == vs_b else None) if goal
                    else "(for information)")
-        add(f"   {f'(b) submit p99 / Vigil submit p99 at {offered}/s':56}{text:>12}   "
+        add(f"   {f'(b) p99 / Vigil p99 at {offered}/s, {how}':56}{text:>12}   "
             f"{'>= 10x' if goal else '':>10}  {verdict}")
     add("-" * width)
 
@@ -472,7 +503,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add("the cost of a submit alone.")
     phases = [get(key) for key in ("batch", "single", "latency_low", "latency", "a_single",
                                    "a_latency_low", "a_latency", "b_single", "b_latency_low",
-                                   "b_latency")]
+                                   "b_latency", "b_busy_latency_low", "b_busy_latency")]
     phases = [p for p in phases if p]
     add(f"   {'phase':16}{'events':>8}{'wall s':>8}" + "".join(f"{c:>9}" for c in COLUMNS)
         + f"{'busy':>7}")

@@ -1,4 +1,4 @@
-"""The processes a benchmark run starts (Redis servers, Vigil stacks, gunicorn), and their CPU.
+"""The processes a benchmark run starts (Redis servers, Vigil stacks, uWSGI), and their CPU.
 
 Everything goes through one Processes registry; stop_all() runs in run_all's `finally`, so
 every child is stopped on success, error or Ctrl-C. A Vigil stack is `scripts/run.py` (which
@@ -263,7 +263,7 @@ class Processes:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(sig, signal.SIG_IGN)
-        # Newest first: stacks and gunicorn before the Redis servers they use.
+        # Newest first: stacks and uWSGI before the Redis servers they use.
         for started in reversed(list(self.started)):
             with contextlib.suppress(Exception):
                 self.stop(started)

@@ -11,19 +11,25 @@ Vigil's own marshmallow EventSchema, judges it with Vigil's own tasks.validate.j
 by version; the same verdict document) inline, stores the result (one SET) and answers
 200 with the verdict. It does not merge the
 event into the baselines (Vigil's workers do; this reference gets that work for free).
+
+POST /v1/jobs does the same for a batch (Vigil's JobSubmitSchema; one judge_chunk per event
+type, as Vigil's workers judge a job) and answers 200 with the verdicts: the batch work that
+`make bench` keeps this design busy with while it measures submit latency, as it keeps
+Vigil's workers busy with a backlog of batch jobs.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections import defaultdict
 
 import flask
 import marshmallow as ma
 import redis
 
 from api.auth import tenant_for
-from api.schemas import EventSchema
+from api.schemas import EventSchema, JobSubmitSchema
 from core import keys
 from core.config import Settings
 from tasks import store
@@ -34,7 +40,7 @@ from tasks.verdicts import Judge
 def create_app(settings: Settings | None = None) -> flask.Flask:
     cfg = settings or Settings.from_env()
     r = redis.Redis.from_url(cfg.redis_url, socket_timeout=5, socket_connect_timeout=2)
-    schema = EventSchema()
+    schema, job_schema = EventSchema(), JobSubmitSchema()
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     api_keys = dict(cfg.api_keys)
     app = flask.Flask(__name__)
@@ -47,21 +53,39 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
     def healthz():
         return {"status": "ok"}
 
-    @app.post("/v1/events/validate")
-    def validate():
+    def judge(load: ma.Schema, judge_body) -> flask.Response:
+        """Authenticate, parse with `load`, then `judge_body(tenant, parsed)` -> the answer."""
         tenant = tenant_for(flask.request.headers.get("Authorization"), api_keys)
         if tenant is None:
             return problem(401, "Missing or unknown API key.")
         try:
-            event = schema.load(json.loads(flask.request.get_data()))
+            parsed = load.load(json.loads(flask.request.get_data()))
         except ValueError as exc:  # JSONDecodeError
             return problem(400, f"Malformed JSON: {exc}")
         except ma.ValidationError as exc:
-            return problem(422, "Invalid event.", {"json": exc.messages})
-        result = judge_chunk(r, cfg, tenant, event["event_type"], [("", 0, event)],
-                             rules).results[0]
-        body = store.dumps(result)
+            return problem(422, "Invalid request.", {"json": exc.messages})
+        body = store.dumps(judge_body(tenant, parsed))
         r.set(keys.job_results(tenant, uuid.uuid4().hex), body, ex=cfg.job_ttl_s)
         return flask.Response(body, 200, mimetype="application/json")
+
+    def one_event(tenant: str, event: dict) -> dict:
+        return judge_chunk(r, cfg, tenant, event["event_type"], [("", 0, event)],
+                           rules).results[0]
+
+    def batch(tenant: str, job: dict) -> dict:
+        by_type: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
+        for i, event in enumerate(job["events"]):
+            by_type[event["event_type"]].append(("", i, event))
+        results = [result for event_type, chunk in by_type.items()
+                   for result in judge_chunk(r, cfg, tenant, event_type, chunk, rules).results]
+        return {"results": sorted(results, key=lambda result: result["index"])}
+
+    @app.post("/v1/events/validate")
+    def validate():
+        return judge(schema, one_event)
+
+    @app.post("/v1/jobs")
+    def validate_batch():
+        return judge(job_schema, batch)
 
     return app
