@@ -12,10 +12,10 @@ by version; the same verdict document) inline, stores the result (one SET) and a
 200 with the verdict. It does not merge the
 event into the baselines (Vigil's workers do; this reference gets that work for free).
 
-POST /v1/jobs does the same for a batch (Vigil's JobSubmitSchema; one judge_chunk per event
-type, as Vigil's workers judge a job) and answers 200 with the verdicts: the batch work that
-`make bench` keeps this design busy with while it measures submit latency, as it keeps
-Vigil's workers busy with a backlog of batch jobs.
+POST /v1/jobs does the same for a batch (Vigil's JobSubmitSchema; judge_chunk per event type
+and chunk, in time order, as Vigil's workers judge a job) and answers 200 with the verdicts:
+the batch work that `make bench` keeps this design busy with while it measures submit
+latency, as it keeps Vigil's workers busy with a backlog of batch jobs.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from api.schemas import EventSchema, JobSubmitSchema
 from core import keys
 from core.config import Settings
 from tasks import store
-from tasks.validate import judge_chunk
+from tasks.validate import CHUNK, judge_chunk
 from tasks.verdicts import Judge
 
 
@@ -73,11 +73,14 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
                            rules).results[0]
 
     def batch(tenant: str, job: dict) -> dict:
+        # As tasks.validate.judge_jobs: per event type, in time order, CHUNK events a call.
         by_type: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
-        for i, event in enumerate(job["events"]):
+        for i, event in sorted(enumerate(job["events"]), key=lambda ie: ie[1]["timestamp"]):
             by_type[event["event_type"]].append(("", i, event))
-        results = [result for event_type, chunk in by_type.items()
-                   for result in judge_chunk(r, cfg, tenant, event_type, chunk, rules).results]
+        results = [result for event_type, entries in by_type.items()
+                   for start in range(0, len(entries), CHUNK)
+                   for result in judge_chunk(r, cfg, tenant, event_type,
+                                             entries[start:start + CHUNK], rules).results]
         return {"results": sorted(results, key=lambda result: result["index"])}
 
     @app.post("/v1/events/validate")
