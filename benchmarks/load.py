@@ -274,7 +274,7 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
 
     Submitters POST as fast as the API answers while fewer than max_outstanding events
     wait for a verdict; pollers read the oldest waiting jobs, up to read_at_once per
-    `GET /v1/jobs?ids=` (backing off while none of them is ready), as a client sending many
+    `GET /v1/jobs?ids=` (backing off while fewer than half are ready), as a client sending many
     single events would. Events/s: verdicts read over the time from the first POST to the
     last verdict read. Jobs still unfinished drain_s after the deadline are left out.
 
@@ -309,7 +309,7 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
 
     async def poll() -> None:
         nonlocal last_done
-        wait = 0.02
+        wait = 0.0
         while waiting or submitting:
             ids = [waiting.popleft() for _ in range(min(read_at_once, len(waiting)))]
             if not ids:
@@ -336,9 +336,18 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
             if overdue:
                 continue
             waiting.extendleft(reversed(unfinished))  # still the oldest: first in line again
-            # None ready: back off, so that polling the oldest jobs stays a small load.
-            wait = min(2 * wait, 0.2) if len(unfinished) == len(ids) else 0.02
-            await asyncio.sleep(wait if len(unfinished) == len(ids) else 0)
+            # All ready: read on at once. Fewer than half: back off, so that reading the
+            # oldest jobs again and again stays a small load (a design whose verdicts come
+            # slowly must not pay for a client polling it flat out: with "none ready" as the
+            # only back-off, reference (a)'s API spent 8.6 ms of CPU per verdict on polls).
+            ready = len(ids) - len(unfinished)
+            if ready == len(ids):
+                wait = 0.0
+            elif 2 * ready < len(ids):
+                wait = min(max(2 * wait, 0.02), 0.2)
+            else:
+                wait = 0.02
+            await asyncio.sleep(wait)
 
     polling = [asyncio.create_task(poll()) for _ in range(pollers)]
     await asyncio.gather(*(submit() for _ in range(submitters)))
