@@ -175,16 +175,23 @@ def latency(stack: Started, offered: float, seconds: float, bodies: list[bytes],
         saturator = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.load", *busy, "--url", stack.url,
              "--seconds", str(seconds + 4)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # The batch work starts first (a backlog queued, or the first job judged); then the
         # system is busy with it.
         if saturator.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the batch work ({busy[0]}) could not be started")
+            raise RuntimeError(f"the batch work ({busy[0]}) could not be started:\n"
+                               f"{saturator.stderr.read()[-2000:]}")
         time.sleep(2)
     try:
-        return measured(f"{name or stack.name} @{offered:g}/s", lambda: run(load.open_loop(
+        phase = measured(f"{name or stack.name} @{offered:g}/s", lambda: run(load.open_loop(
             stack.url, bodies, offered, seconds, timeout_s=TIMEOUT_S, ok_status=ok_status)),
             lambda result: result.sent)
+        # Failed meanwhile (it outlasts the sending otherwise), the figures would pass an
+        # idle system for a busy one.
+        if saturator is not None and saturator.poll() not in (None, 0):
+            raise RuntimeError(f"the batch work ({busy[0]}) stopped during the measurement:\n"
+                               f"{saturator.stderr.read()[-2000:]}")
+        return phase
     finally:
         if saturator is not None:
             saturator.terminate()
