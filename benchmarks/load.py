@@ -339,7 +339,8 @@ async def single_stream(url: str, bodies: Sequence[bytes], seconds: float, *,
             # All ready: read on at once. Fewer than half: back off, so that reading the
             # oldest jobs again and again stays a small load (a design whose verdicts come
             # slowly must not pay for a client polling it flat out: with "none ready" as the
-            # only back-off, reference (a)'s API spent 8.6 ms of CPU per verdict on polls).
+            # only back-off, reference (a)'s API spent up to 8.6 ms of CPU per verdict, most
+            # of it on polls).
             ready = len(ids) - len(unfinished)
             if ready == len(ids):
                 wait = 0.0
