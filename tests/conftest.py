@@ -54,6 +54,8 @@ def vigil_env(redis_server) -> dict[str, str]:
         "VIGIL_WEBHOOK_SCHEDULE": "0.2",
         "VIGIL_WEBHOOK_MAX_ATTEMPTS": "4",
         "VIGIL_RETRAIN_INTERVAL": "3600",
+        # Not the 24 h default, so a test can tell the setting is what jobs expire by.
+        "VIGIL_JOB_TTL": "7200",
         # The webhook tests' receiver listens on loopback; callbacks elsewhere stay refused.
         "VIGIL_ALLOW_PRIVATE_CALLBACKS": "127.0.0.0/8,::1",
         "PROMETHEUS_MULTIPROC_DIR": PROMETHEUS_DIR,

@@ -1,0 +1,40 @@
+"""What a finished job leaves in Redis: nothing that outlives VIGIL_JOB_TTL, its verdicts
+deflated, and not its events (nothing reads them once the job has finished)."""
+
+from __future__ import annotations
+
+import json
+
+from helpers import wait_for
+
+from core import keys
+from tasks.validate import CHUNK
+
+T0 = 1_790_000_000
+
+
+def test_a_finished_job_expires_whole_and_keeps_its_verdicts_compact(alpha, event_type,
+                                                                     redis_server, settings):
+    # VIGIL_JOB_TTL is set for the test session (conftest), so a TTL at the 24 h default
+    # would fail the bound below: the setting is what is used.
+    assert settings.job_ttl_s == 7200
+    n = CHUNK + CHUNK // 2  # two chunks: two merged batches and partial results on the way
+    events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"e{i}",
+               "payload": {"amount": 100.0 + i % 7, "cart": {"items": 5.0}}} for i in range(n)]
+    response = alpha.post("/v1/jobs", json={"events": events})
+    assert response.status_code == 202, response.text
+    job_id = response.json()["job_id"]
+    job = wait_for(alpha, response.json()["status_url"])
+    assert job["status"] == "succeeded" and len(job["results"]) == n
+
+    r = redis_server.client()
+    left = {key.decode(): r.ttl(key) for key in r.scan_iter(match=f"*{job_id}*", count=1000)}
+    assert keys.job("alpha", job_id) in left and keys.job_results("alpha", job_id) in left
+    assert keys.job_events("alpha", job_id) not in left
+    assert keys.job_partial("alpha", job_id) not in left
+    # Every key of the job expires (-1 would be never), within the configured TTL.
+    assert all(settings.job_ttl_s - 120 < ttl <= settings.job_ttl_s for ttl in left.values()), left
+
+    stored = r.get(keys.job_results("alpha", job_id))
+    as_json = json.dumps(job["results"], separators=(",", ":")).encode()
+    assert len(stored) < len(as_json) / 4, (len(stored), len(as_json))
