@@ -1,9 +1,11 @@
-"""What a finished job leaves in Redis: nothing that outlives VIGIL_JOB_TTL, its verdicts
-deflated, and not its events (nothing reads them once the job has finished)."""
+"""A large job's life as a client sees it: progress while it runs; once finished, nothing in
+Redis that outlives VIGIL_JOB_TTL, its verdicts deflated, and not its events (nothing reads
+them once the job has finished)."""
 
 from __future__ import annotations
 
 import json
+import time
 
 from helpers import wait_for
 
@@ -11,6 +13,28 @@ from core import keys
 from tasks.validate import CHUNK
 
 T0 = 1_790_000_000
+
+
+def test_progress_is_visible_while_a_large_job_runs(alpha, event_type):
+    n = 10 * CHUNK  # ten chunks, progress written after each
+    events = [{"event_type": event_type, "timestamp": T0 + i,
+               "payload": {"amount": 100.0 + i % 7}} for i in range(n)]
+    response = alpha.post("/v1/jobs", json={"events": events})
+    assert response.status_code == 202, response.text
+    status_url = response.json()["status_url"]
+    seen: list[tuple[str, int]] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job = alpha.get(status_url).json()
+        seen.append((job["status"], job["progress"]["done"]))
+        assert job["progress"]["total"] == n
+        if job["status"] in ("succeeded", "failed"):
+            break
+    assert seen[-1] == ("succeeded", n), seen[-5:]
+    done = [d for _, d in seen]
+    assert done == sorted(done), "progress went backwards"
+    # Polled back to back, a job of ten chunks is caught between its first and last one.
+    assert any(status == "running" and 0 < d < n for status, d in seen), sorted(set(seen))
 
 
 def test_a_finished_job_expires_whole_and_keeps_its_verdicts_compact(alpha, event_type,
