@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 
 from core.localredis import free_port, redis_answers, redis_server_binary
+from core.server import uwsgi_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -216,8 +217,8 @@ class Processes:
     def start_uwsgi(self, name: str, module: str, **env: str) -> Started:
         """`module` served as Vigil's API is (uwsgi.ini), on a free port."""
         port = free_port()
-        cmd = [str(Path(sys.executable).with_name("uwsgi")), "--ini", str(ROOT / "uwsgi.ini"),
-               "--http-socket", f"127.0.0.1:{port}", "--module", module]
+        cmd = uwsgi_command(str(Path(sys.executable).with_name("uwsgi")), f"127.0.0.1:{port}",
+                            module)
         # SIGINT: uWSGI's immediate stop (SIGTERM lets busy workers finish first).
         started = self._popen(name, cmd, child_env(**env), own_session=False,
                               url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT)

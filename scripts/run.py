@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
 from core.localredis import free_port, redis_answers, start_redis
+from core.server import listen_queue_limit, uwsgi_command
 from tasks import WORKER_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -309,8 +310,7 @@ def main() -> int:
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
     uwsgi, celery = executable("uwsgi"), executable("celery")
     commands: list[tuple[str, list[str]]] = [
-        ("api", [uwsgi, "--ini", str(ROOT / "uwsgi.ini"), "--http-socket", f"127.0.0.1:{port}",
-                 "--module", "api.wsgi:app"]),
+        ("api", uwsgi_command(uwsgi, f"127.0.0.1:{port}")),
         *((role, [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO", "-E",
                   "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
         ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
@@ -318,6 +318,12 @@ def main() -> int:
         ("flower", [celery, "-A", "tasks.worker", "flower", "--address=127.0.0.1",
                     f"--port={flower_port}", f"--basic-auth={flower_auth}"]),
     ]
+    limit = listen_queue_limit()
+    if limit is not None:
+        say(f"vigil: the kernel allows {limit} waiting connections (net.core.somaxconn), fewer "
+            "than uwsgi.ini's listen queue: the API listens with that, and recovers more slowly "
+            "from an overload. To raise it: sudo sysctl -w net.core.somaxconn=1024",
+            stream=sys.stderr)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
     PROMETHEUS_DIR.mkdir()

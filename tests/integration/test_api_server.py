@@ -15,6 +15,7 @@ import pytest
 from helpers import EVENT, KEYS, wait_for
 
 from core.localredis import free_port
+from core.server import uwsgi_command
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,8 +27,7 @@ def served(vigil_env, tmp_path) -> Iterator[tuple[subprocess.Popen, str]]:
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}  # its own: its workers' ids are new
     with open(tmp_path / "uwsgi.log", "wb") as log:
         server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("uwsgi")), "--ini", str(ROOT / "uwsgi.ini"),
-             "--http-socket", f"127.0.0.1:{port}", "--module", "api.wsgi:app"],
+            uwsgi_command(str(Path(sys.executable).with_name("uwsgi")), f"127.0.0.1:{port}"),
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
