@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import defaultdict
 
 import flask
 import marshmallow as ma
@@ -33,7 +32,7 @@ from api.schemas import EventSchema, JobSubmitSchema
 from core import keys
 from core.config import Settings
 from tasks import store
-from tasks.validate import CHUNK, judge_chunk
+from tasks.validate import chunks_by_type, judge_chunk
 from tasks.verdicts import Judge
 
 
@@ -73,14 +72,10 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
                            rules).results[0]
 
     def batch(tenant: str, job: dict) -> dict:
-        # As tasks.validate.judge_jobs: per event type, in time order, CHUNK events a call.
-        by_type: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
-        for i, event in sorted(enumerate(job["events"]), key=lambda ie: ie[1]["timestamp"]):
-            by_type[event["event_type"]].append(("", i, event))
-        results = [result for event_type, entries in by_type.items()
-                   for start in range(0, len(entries), CHUNK)
-                   for result in judge_chunk(r, cfg, tenant, event_type,
-                                             entries[start:start + CHUNK], rules).results]
+        # In the chunks tasks.validate.judge_jobs judges: per event type, in time order.
+        entries = [("", i, event) for i, event in enumerate(job["events"])]
+        results = [result for event_type, chunks in chunks_by_type(entries) for chunk in chunks
+                   for result in judge_chunk(r, cfg, tenant, event_type, chunk, rules).results]
         return {"results": sorted(results, key=lambda result: result["index"])}
 
     @app.post("/v1/events/validate")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -64,17 +64,11 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     entries = [(job_id, i, event) for job_id, events in jobs.items()
                for i, event in enumerate(events)]
-    by_type: dict[str, list[int]] = defaultdict(list)
-    # Time order within each type: deltas and the recent baseline follow the series.
-    for k in sorted(range(len(entries)), key=lambda k: entries[k][2]["timestamp"]):
-        by_type[entries[k][2]["event_type"]].append(k)
-
     results: dict[str, list[dict]] = {job_id: [{} for _ in events]
                                       for job_id, events in jobs.items()}
     done = 0
-    for event_type, order in by_type.items():
-        for start in range(0, len(order), CHUNK):
-            chunk = [entries[k] for k in order[start:start + CHUNK]]
+    for event_type, chunks in chunks_by_type(entries):
+        for chunk in chunks:
             batches = batch_ids(chunk, event_type)
             merged_before = store.partial_results(r, tenant, batches)
             todo = [entry for entry in chunk if entry[0] not in merged_before]
@@ -92,6 +86,17 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
         if wants_training(r, cfg, tenant, event_type):
             schedule_training(r, cfg, tenant, event_type)
     return results
+
+
+def chunks_by_type(entries: Sequence[tuple[str, int, dict]]
+                   ) -> Iterator[tuple[str, list[list[tuple[str, int, dict]]]]]:
+    """(event type, its entries in chunks of at most CHUNK) per type, each type's entries in
+    time order: deltas and the recent baseline follow the series."""
+    by_type: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
+    for entry in sorted(entries, key=lambda entry: entry[2]["timestamp"]):
+        by_type[entry[2]["event_type"]].append(entry)
+    for event_type, ordered in by_type.items():
+        yield event_type, [ordered[start:start + CHUNK] for start in range(0, len(ordered), CHUNK)]
 
 
 def batch_ids(chunk: list[tuple[str, int, dict]], event_type: str) -> dict[str, str]:
