@@ -332,6 +332,7 @@ end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
 for k = 11, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
 local history_max = tonumber(ARGV[2])
+local sqrt = math.sqrt
 local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local function triple(raw)
   local a, b, c = string.match(raw, '([^,]+),([^,]+),([^,]+)')
@@ -361,13 +362,18 @@ for field, values in pairs(cjson.decode(ARGV[8])) do
   local n, mean, var = 0, 0, 0
   local current = redis.call('HGET', KEYS[7], field)
   if current then n, mean, var = triple(current) end
-  for _, x in ipairs(values) do
+  -- The loop that costs: about half the script's time for a 1,000-event chunk. A local
+  -- sqrt and no math.max call took about a sixth off the whole script (four alternating
+  -- runs: 11-30%), with the same figures to the bit.
+  for k = 1, #values do
+    local x = values[k]
     if n >= warm then
-      local s = math.sqrt(var)
-      if x > mean + clip * s then x = mean + clip * s elseif x < mean - clip * s then x = mean - clip * s end
+      local band = clip * sqrt(var)
+      if x > mean + band then x = mean + band elseif x < mean - band then x = mean - band end
     end
     n = n + 1
-    local w = math.max(alpha, 1 / n)
+    local w = 1 / n
+    if w < alpha then w = alpha end
     local d = x - mean
     mean = mean + w * d
     var = (1 - w) * (var + w * d * d)
