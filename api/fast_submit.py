@@ -3,7 +3,8 @@
 A single event is the request clients send by the thousand per second, and Flask with
 flask-smorest and webargs costs several times what checking and storing the event costs.
 This WSGI middleware answers the common case itself: an authorised, well-formed, valid event
-under the rate limit, without an Idempotency-Key, with single events micro-batched. Every
+under the rate limit, without an Idempotency-Key (micro-batched, or with VIGIL_MICRO_BATCH=off
+a task per event, as api.jobs.admit_single_event decides for both). Every
 other request, and every one of these that is not that case, goes on to the Flask app
 unchanged: the errors have one place that words them, and the view (api.jobs.ValidateEvent)
 stays the documented resource. The answer is the same either way (tests/integration/
@@ -17,6 +18,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+import kombu.exceptions
 import marshmallow as ma
 import orjson
 import redis
@@ -46,7 +48,6 @@ class FastSubmit:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if (environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST"
-                or not self.services.settings.micro_batch
                 or "HTTP_IDEMPOTENCY_KEY" in environ):  # the Flask view keeps the replay store
             return self.app(environ, start_response)
         started = time.perf_counter()
@@ -98,4 +99,9 @@ class FastSubmit:
         except redis.RedisError:
             # Nothing was stored (one script call), unless only its reply was lost, as with any
             # client's retry: Flask tries once more and answers 503 if Redis is still away.
+            return None
+        except kombu.exceptions.OperationalError:
+            # VIGIL_MICRO_BATCH=off and the broker refused the job's task: Flask tries once
+            # more, as above. The job stored first never runs; nobody was given its id, and it
+            # expires with VIGIL_JOB_TTL.
             return None

@@ -51,11 +51,10 @@ def submit(kind: str, events: list[dict], **options):
 
 
 def accept(kind: str, events: list[dict], *, event_type: str | None = None,
-           callback_url: str | None = None, task: str | None = None, via_inbox: bool = False):
+           callback_url: str | None = None, task: str | None = None, single: bool = False):
     """Store a job, enqueue its task and answer 202 with where to poll.
 
-    via_inbox (one event): the job goes to the single-event inbox (tasks.inbox) instead, and
-    the events worker is woken only if the inbox was empty.
+    single (POST /v1/events/validate): admitted by admit_single_event, as the fast path does.
     """
     svc, tenant = services(), flask.g.tenant
     if len(events) > svc.settings.max_events_per_job:
@@ -67,7 +66,7 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
             ssrf.check_callback_url(callback_url, svc.settings.allow_private_callbacks)
         except ValueError as exc:
             abort(422, message="callback_url refused", errors={"json": {"callback_url": [str(exc)]}})
-    if via_inbox:
+    if single:
         job_id = admit_single_event(svc, tenant, events[0])
     else:
         job_id = store.create_job(svc.redis, svc.settings, tenant, kind=kind, events=events,
@@ -80,8 +79,14 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
 
 
 def admit_single_event(svc: Services, tenant: str, event: dict) -> str:
-    """Store a single-event job in the inbox (tasks.inbox); wake the events worker if the
-    inbox was empty. Returns the job id."""
+    """Store a single-event job in the inbox (tasks.inbox) and wake the events worker if the
+    inbox was empty; with VIGIL_MICRO_BATCH=off (the benchmark's reference design (a)), store
+    it and send it a task of its own. Returns the job id."""
+    if not svc.settings.micro_batch:
+        job_id = store.create_job(svc.redis, svc.settings, tenant, kind="validate",
+                                  events=[event])
+        svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
+        return job_id
     job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event)
     if wake:
         try:
@@ -120,9 +125,7 @@ class ValidateEvent(MethodView):
 
         Answers at once with a job to poll; the checks run in a worker.
         """
-        # Micro-batched through the inbox; VIGIL_MICRO_BATCH=off: a task per event (the
-        # benchmark's reference design).
-        return submit("validate", [event], via_inbox=services().settings.micro_batch)
+        return submit("validate", [event], single=True)
 
 
 @blp.route("/jobs")

@@ -48,10 +48,29 @@ def verdict(client: Client, status_url: str, timeout_s: float = 30) -> dict:
     raise AssertionError(f"{status_url} did not finish: {job}")
 
 
-def test_an_accepted_event_gets_the_same_answer_and_verdict(both, worker, event_type):
-    # One event type each: the first verdict's event joins its type's history.
-    answers = {name: post(client, {**EVENT, "event_type": f"{event_type}-{k}", "event_id": "e-1"})
-               for k, (name, client) in enumerate(both.items())}
+@pytest.fixture(scope="module")
+def both_task_per_event(settings) -> dict[str, Client]:
+    """VIGIL_MICRO_BATCH=off: a task per event (the benchmark's reference design (a))."""
+    app = create_app(dataclasses.replace(settings, micro_batch=False))
+    return {"fast path": Client(app), "flask": Client(app.wsgi_app.app)}
+
+
+@pytest.mark.parametrize("mode", ["micro-batched", "task per event"])
+def test_an_accepted_event_gets_the_same_answer_and_verdict(request, mode, worker, event_type):
+    both = request.getfixturevalue("both" if mode == "micro-batched" else "both_task_per_event")
+    fast_path = both["fast path"].application.wsgi_app
+    passed_on = []  # requests the fast path handed to Flask
+    flask_app = fast_path.app
+    fast_path.app = lambda environ, start_response: (passed_on.append(environ["PATH_INFO"]),
+                                                     flask_app(environ, start_response))[1]
+    try:
+        # One event type each: the first verdict's event joins its type's history.
+        answers = {name: post(client, {**EVENT, "event_type": f"{event_type}-{k}",
+                                       "event_id": "e-1"})
+                   for k, (name, client) in enumerate(both.items())}
+    finally:
+        fast_path.app = flask_app
+    assert passed_on == [], "the fast path passed an event it should accept on to Flask"
     jobs = {}
     for name, response in answers.items():
         assert response.status_code == 202, (name, response.text)
