@@ -26,7 +26,6 @@ import redis
 from api import observability
 from api.auth import tenant_for
 from api.jobs import admit_single_event
-from api.ratelimit import over_limit
 from api.schemas import EVENT_SCHEMA
 from api.services import Services
 from tasks import store
@@ -89,13 +88,12 @@ class FastSubmit:
             event: Any = EVENT_SCHEMA.load(orjson.loads(body))
         except (orjson.JSONDecodeError, ma.ValidationError):
             return None
-        svc = self.services
         try:
-            # Over the limit, Flask counts the request again and answers 429; the extra count
-            # lands in a window that is refusing anyway.
-            if over_limit(svc.redis, tenant, svc.settings.rate_limit):
-                return None
-            return tenant, admit_single_event(svc, tenant, event)
+            return tenant, admit_single_event(self.services, tenant, event, check_rate_limit=True)
+        except store.OverRateLimit:
+            # Flask counts the request again and answers 429; the extra count lands in a
+            # window that is refusing anyway.
+            return None
         except redis.RedisError:
             # Nothing was stored (one script call), unless only its reply was lost, as with any
             # client's retry: Flask tries once more and answers 503 if Redis is still away.

@@ -78,16 +78,22 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
             {"Location": status_url})
 
 
-def admit_single_event(svc: Services, tenant: str, event: dict) -> str:
+def admit_single_event(svc: Services, tenant: str, event: dict, *,
+                       check_rate_limit: bool = False) -> str:
     """Store a single-event job in the inbox (tasks.inbox) and wake the events worker if the
     inbox was empty; with VIGIL_MICRO_BATCH=off (the benchmark's reference design (a)), store
-    it and send it a task of its own. Returns the job id."""
+    it and send it a task of its own. Returns the job id.
+
+    check_rate_limit: count it against VIGIL_RATE_LIMIT in the same script call (the fast path,
+    which has no before_request hook); over the limit, store.OverRateLimit, nothing stored.
+    """
+    rate_limit = svc.settings.rate_limit if check_rate_limit else 0
     if not svc.settings.micro_batch:
         job_id = store.create_job(svc.redis, svc.settings, tenant, kind="validate",
-                                  events=[event])
+                                  events=[event], rate_limit=rate_limit)
         svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
         return job_id
-    job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event)
+    job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit)
     if wake:
         try:
             svc.enqueue(inbox.WAKE_TASK)

@@ -55,12 +55,40 @@ def _decode(raw: Mapping[bytes, bytes]) -> dict[str, Any]:
 
 # --- jobs -----------------------------------------------------------------------------------
 
+# Rate-limit windows (VIGIL_RATE_LIMIT): a tenant's requests counted per epoch second, the
+# window's key given its expiry when it is new (it outlives its second a little, so a slow
+# request still finds its counter). One Lua function for api.ratelimit's script and _CREATE's.
+RATE_WINDOW_TTL_S = 2
+_COUNTED = """
+local function counted(key, ttl)
+  local count = redis.call('INCR', key)
+  if count == 1 then redis.call('EXPIRE', key, ttl) end
+  return count
+end
+"""
+_COUNT_REQUEST = _COUNTED + "return counted(KEYS[1], ARGV[1])"
+
+
+class OverRateLimit(Exception):
+    """The request counted made its tenant exceed VIGIL_RATE_LIMIT; nothing was stored."""
+
+
+def count_request(r: redis.Redis, tenant: str) -> int:
+    """Count one request of the tenant's in the current window; returns the window's count."""
+    window = keys.rate_window(tenant, int(time.time()))
+    return int(r.register_script(_COUNT_REQUEST)(keys=[window], args=[RATE_WINDOW_TTL_S]))
+
+
 # Stores a queued job: its hash (with an expiry), its events, its place among the tenant's
 # recent jobs and, for a single event, its entry in the events inbox (tasks.inbox); returns the
-# inbox's length then (0: not appended). One script call rather than a MULTI of seven
-# commands: the API's hot path pays redis-py's cost per command.
-_CREATE = """
-redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+# inbox's length then (0: not appended). With a rate limit (ARGV[6] > 0) it first counts the
+# request in the tenant's window (KEYS[5]) and stores nothing over the limit (-1). One script
+# call rather than a MULTI of seven commands, or a second round trip for the rate limit: the
+# API's hot path pays redis-py's cost per command.
+_CREATE = _COUNTED + """
+local limit = tonumber(ARGV[6])
+if limit > 0 and counted(KEYS[5], ARGV[7]) > limit then return -1 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 8))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[1]) end
 redis.call('LPUSH', KEYS[3], ARGV[4])
@@ -72,25 +100,29 @@ return 0
 
 def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
                events: Sequence[Mapping] = (), event_type: str | None = None,
-               callback_url: str | None = None) -> str:
-    """Store a queued job and its events; the caller enqueues the task that runs it."""
+               callback_url: str | None = None, rate_limit: int = 0) -> str:
+    """Store a queued job and its events; the caller enqueues the task that runs it.
+
+    rate_limit > 0: count the request against it first; over it, raise OverRateLimit.
+    """
     return _create(r, settings, tenant, kind=kind, events=events, event_type=event_type,
-                   callback_url=callback_url)[0]
+                   callback_url=callback_url, rate_limit=rate_limit)[0]
 
 
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
-                     event: Mapping) -> tuple[str, bool]:
+                     event: Mapping, rate_limit: int = 0) -> tuple[str, bool]:
     """Store a single-event job and append it to the events inbox (tasks.inbox), in one
     step. Returns its id and whether the inbox was empty (the caller must then wake the
-    events worker)."""
+    events worker). rate_limit as create_job's."""
     job_id, inbox_length = _create(r, settings, tenant, kind="validate", events=[event],
-                                   to_inbox=True)
+                                   to_inbox=True, rate_limit=rate_limit)
     return job_id, inbox_length == 1
 
 
 def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             events: Sequence[Mapping], event_type: str | None = None,
-            callback_url: str | None = None, to_inbox: bool = False) -> tuple[str, int]:
+            callback_url: str | None = None, to_inbox: bool = False,
+            rate_limit: int = 0) -> tuple[str, int]:
     job_id = uuid.uuid4().hex
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
               "attempts": 0, "created_at": now()}
@@ -98,13 +130,16 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["event_type"] = event_type
     if callback_url:
         fields["callback_url"] = callback_url
-    inbox_length = r.register_script(_CREATE)(
+    inbox_length = int(r.register_script(_CREATE)(
         keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
-              keys.events_inbox()],
+              keys.events_inbox(), keys.rate_window(tenant, int(time.time()))],
         args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, dumps(list(events)) if events else "",
               job_id, inbox.entry(tenant, job_id) if to_inbox else "",
-              *(x for pair in fields.items() for x in pair)])
-    return job_id, int(inbox_length)
+              rate_limit, RATE_WINDOW_TTL_S,
+              *(x for pair in fields.items() for x in pair)]))
+    if inbox_length < 0:
+        raise OverRateLimit(tenant)
+    return job_id, inbox_length
 
 
 def get_job(r: redis.Redis, tenant: str, job_id: str) -> dict[str, Any] | None:

@@ -12,11 +12,13 @@ import json
 import time
 
 import pytest
+import redis
 from helpers import EVENT, KEYS
 from werkzeug.test import Client
 
 from api import create_app
 from api.fast_submit import FastSubmit
+from tasks import store
 
 AUTH = {"Authorization": f"Bearer {KEYS['alpha']}"}
 
@@ -109,8 +111,13 @@ def test_what_the_fast_path_cannot_accept_gets_flasks_answer(both, case, body, h
     assert answers[0].headers.get("WWW-Authenticate") == answers[1].headers.get("WWW-Authenticate")
 
 
-def test_over_the_rate_limit_the_fast_path_answers_429_like_flask(settings, worker, event_type):
-    client = Client(create_app(dataclasses.replace(settings, rate_limit=3)))
+@pytest.mark.parametrize("micro_batch", [True, False], ids=["micro-batched", "task per event"])
+def test_over_the_rate_limit_the_fast_path_answers_429_like_flask_and_stores_nothing(
+        settings, worker, event_type, micro_batch):
+    client = Client(create_app(dataclasses.replace(settings, rate_limit=3,
+                                                   micro_batch=micro_batch)))
+    r = redis.Redis.from_url(settings.redis_url)
+    newest_before = store.recent_job_ids(r, "alpha", 1)
     time.sleep(1.01 - time.time() % 1)  # a fresh window: earlier tests' requests counted in theirs
     statuses = [post(client, {**EVENT, "event_type": event_type}) for _ in range(12)]
     limited = [r for r in statuses if r.status_code == 429]
@@ -119,7 +126,12 @@ def test_over_the_rate_limit_the_fast_path_answers_429_like_flask(settings, work
     assert limited[0].mimetype == "application/problem+json"
     assert "3 requests per second" in limited[0].get_json()["detail"]
     assert limited[0].headers["Retry-After"] == "1"
-    assert len(statuses) - len(limited) <= 3 * 2  # the posts may span two one-second windows
+    accepted = [r.get_json()["job_id"] for r in statuses if r.status_code == 202]
+    assert len(accepted) <= 3 * 2  # the posts may span two one-second windows
+    # The tenant's newest jobs are the accepted ones and nothing else: a refused event was
+    # not stored (the count and the store are one script call on the fast path).
+    assert store.recent_job_ids(r, "alpha", len(accepted) + 1) == \
+        accepted[::-1] + newest_before
 
 
 def test_an_idempotent_submission_is_kept_by_the_flask_view(both, worker, event_type):
