@@ -1,6 +1,6 @@
 """`make bench`: Vigil against two reference designs, same events, same machine, one run.
 
-    .venv/bin/python -m benchmarks.run_all [--time-scale 0.5] [--only vigil,a,b]
+    .venv/bin/python -m benchmarks.run_all [--time-scale 0.5] [--only vigil,a,b,floor]
 
 1. Vigil (scripts/run.py with defaults, its own Redis on a free port): the batch path
    end-to-end and the in-process ceiling of the same checks; the single-event path end-to-end
@@ -8,6 +8,8 @@
    the batch path for event types with 10^3, 10^5 and 10^7 events of history.
 2. Reference (a): the same stack with VIGIL_MICRO_BATCH=off (a task per single event).
 3. Reference (b): benchmarks/sync_api.py under uWSGI (checks in the request handler).
+4. The HTTP floor: benchmarks/noop_app.py under uWSGI, driven as (b) is: what one submit costs
+   the load generator and the server before any design does anything with the event.
 
 Prints one table (and where the CPU went). Figures only: nothing is asserted, and the
 machine may be shared, so they move from run to run. Every process started is stopped at
@@ -55,7 +57,7 @@ SCALES = [(10**3, "hist-1e3", 10**3), (10**5, "hist-1e5", 10**5), (10**7, "hist-
 NO_RATE_LIMIT = {"VIGIL_RATE_LIMIT": "0"}
 # Seconds per phase (multiplied by --time-scale).
 SECONDS = {"batch": 12, "ceiling": 4, "single": 10, "latency_low": 10, "latency": 8, "scale": 5,
-           "warmup": 2}
+           "warmup": 2, "floor": 5}
 GOALS = {"batch": 20_000, "ceiling_share": 0.5, "single": 1_500, "vs_a": 20, "p99_ms": 10,
          "vs_b": 10}
 # Columns of the CPU table: the roles of benchmarks.stack.role_of each one adds up.
@@ -316,6 +318,31 @@ def bench_reference_b(procs: Processes, scale: float, results: dict) -> None:
     procs.stop(server)
 
 
+def bench_http_floor(procs: Processes, scale: float, results: dict) -> None:
+    """What a submit costs before any design does anything with it: a no-op WSGI app
+    (benchmarks/noop_app.py) served as Vigil's API is and driven as (b) is, on an otherwise
+    idle machine: CPU per request (closed loop) and latency (open loop)."""
+    singles = load.event_bodies(MAIN_TYPE, 5000)
+    log("HTTP floor: benchmarks.noop_app under uWSGI as Vigil's API (uwsgi.ini)")
+    server = procs.start_uwsgi("HTTP floor", "benchmarks.noop_app:app")
+    run(load.sync_stream(server.url, singles, SECONDS["warmup"] * scale))
+    results["floor_single"] = measured("HTTP floor", lambda: run(
+        load.sync_stream(server.url, singles, SECONDS["floor"] * scale)))
+    for key, offered in (("latency_low", LOW_RATE), ("latency", RATE)):
+        results[f"floor_{key}"] = latency(server, offered, SECONDS[key] * scale, singles,
+                                          busy=None, ok_status=200, name="HTTP floor")
+    procs.stop(server)
+
+
+def cpu_ms_per_event(phase: Phase | None) -> float:
+    """Core-ms per event of everything the benchmark started, load generator included (the
+    rest of the machine left out)."""
+    if phase is None:
+        return math.nan
+    return 1000 * sum(v for k, v in phase.cpu.items() if k not in ("wall", "others")) \
+        / max(phase.events, 1)
+
+
 # --- the table ------------------------------------------------------------------------------
 
 def machine() -> str:
@@ -422,12 +449,17 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         "and while another")
     add("   process has the same jobs judged in (b)'s handler, two at a time ((b) has no workers: its "
         "batch work is requests).")
+    add("   HTTP floor: benchmarks/noop_app.py (reads the body, answers a fixed verdict) under uwsgi.ini, "
+        "driven as (b) is,")
+    add("   nothing else running: what any design's submit costs and takes before it does anything "
+        "with the event.")
     add(f"   {'':34}{'':>9}  {f'--- at {LOW_RATE} submits/s ---':^24}  "
         f"{f'------------ at {RATE} submits/s ------------':^46}")
     add(f"   {'':34}{'events/s':>9}  {'p50':>11}{'p99':>12}  {'p50':>11}{'p99':>12}{'failed':>12}"
         f"{'late sends':>12}")
     rows = {"Vigil (micro-batches)": "", "(a) a task per event": "a_",
-            "(b) checks in the handler, alone": "b_", "(b) ... judging batch jobs": "b_busy_"}
+            "(b) checks in the handler, alone": "b_", "(b) ... judging batch jobs": "b_busy_",
+            "HTTP floor: no-op app, idle": "floor_"}
     figures = {}
     for label, prefix in rows.items():
         tp = get(f"{prefix}single").result.per_s if get(f"{prefix}single") else nan
@@ -458,6 +490,17 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         f"{met(v_tp >= GOALS['single'] if v_tp == v_tp else None)}")
     add(f"   {'Vigil events/s / (a) events/s':56}{times(vs_a):>12}   {'>= 20x':>10}  "
         f"{met(vs_a >= GOALS['vs_a'] if vs_a == vs_a else None)}")
+    v_cpu, a_cpu = cpu_ms_per_event(get("single")), cpu_ms_per_event(get("a_single"))
+    if v_cpu == v_cpu and a_cpu == a_cpu:
+        add(f"   {'CPU per event, load generator included: Vigil':56}{v_cpu:>9.2f} ms   "
+            f"(a) {a_cpu:.2f} ms; 20x (a) needs Vigil <= {a_cpu / GOALS['vs_a']:.2f} ms")
+    floor = get("floor_single")
+    if floor:
+        per = {role: 1000 * sum(floor.cpu.get(r, 0) for r in COLUMNS[role]) / max(floor.events, 1)
+               for role in ("client", "api")}
+        add(f"   {'CPU per request of the HTTP floor (no-op app)':56}"
+            f"{per['client'] + per['api']:>9.2f} ms   load generator {per['client']:.2f}, "
+            f"uWSGI {per['api']:.2f}")
     add(f"   {f'Vigil submit p99 at {RATE}/s':56}{ms(v_p99):>12}   {'<= 10 ms':>10}  "
         f"{met(v_p99 * 1000 <= GOALS['p99_ms'] if v_p99 == v_p99 else None)}")
     # Like for like: both while batch checks go on (Vigil's in its workers, (b)'s in its
@@ -510,7 +553,8 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add("the cost of a submit alone.")
     phases = [get(key) for key in ("batch", "single", "latency_low", "latency", "a_single",
                                    "a_latency_low", "a_latency", "b_single", "b_latency_low",
-                                   "b_latency", "b_busy_latency_low", "b_busy_latency")]
+                                   "b_latency", "b_busy_latency_low", "b_busy_latency", "floor_single",
+                                   "floor_latency_low", "floor_latency")]
     phases = [p for p in phases if p]
     add(f"   {'phase':16}{'events':>8}{'wall s':>8}" + "".join(f"{c:>9}" for c in COLUMNS)
         + f"{'busy':>7}")
@@ -528,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiply every phase's duration (e.g. 0.3 for a quick look)")
-    parser.add_argument("--only", default="vigil,a,b",
-                        help="comma-separated subset of vigil, a, b")
+    parser.add_argument("--only", default="vigil,a,b,floor",
+                        help="comma-separated subset of vigil, a, b, floor")
     args = parser.parse_args(argv)
     wanted = {x.strip() for x in args.only.split(",")}
 
@@ -555,6 +599,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_reference_a(procs, args.time_scale, results)
         if "b" in wanted:
             bench_reference_b(procs, args.time_scale, results)
+        if "floor" in wanted:
+            bench_http_floor(procs, args.time_scale, results)
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         code = 130
