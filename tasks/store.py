@@ -133,7 +133,7 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
     inbox_length = int(r.register_script(_CREATE)(
         keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
               keys.events_inbox(), keys.rate_window(tenant, int(time.time()))],
-        args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, dumps(list(events)) if events else "",
+        args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, pack_events(events) if events else "",
               job_id, inbox.entry(tenant, job_id) if to_inbox else "",
               rate_limit, RATE_WINDOW_TTL_S,
               *(x for pair in fields.items() for x in pair)]))
@@ -147,8 +147,23 @@ def get_job(r: redis.Redis, tenant: str, job_id: str) -> dict[str, Any] | None:
     return _decode(raw) if raw else None
 
 
+# Events JSON larger than this is stored deflated. A single event (the API's hot path) stays
+# plain: deflating it would cost more API CPU than the bytes it saves.
+DEFLATE_EVENTS_OVER = 4096
+
+
+def pack_events(events: Sequence[Mapping]) -> bytes:
+    """A job's events as stored until it finishes: compact JSON, deflated when large. A
+    1,000-event job's 136 KB shrink about sevenfold (0.26 ms of API CPU): Redis holds a queued
+    backlog in a seventh of the memory, and its append-only file, which every write goes to,
+    grows that much slower (its rewrites fork Redis and stall every client; README,
+    "Benchmarks")."""
+    raw = dumps(list(events))
+    return zlib.compress(raw, 1) if len(raw) > DEFLATE_EVENTS_OVER else raw
+
+
 def get_events(r: redis.Redis, tenant: str, job_id: str) -> list[dict]:
-    raw = r.get(keys.job_events(tenant, job_id))
+    raw = _inflate(r.get(keys.job_events(tenant, job_id)))
     return orjson.loads(raw) if raw else []
 
 
@@ -173,11 +188,12 @@ def get_many_results_json(r: redis.Redis, tenant: str,
 
 
 def _inflate(raw: bytes | None) -> bytes | None:
+    """Stored JSON, inflated if it was deflated (JSON text never starts like a zlib stream)."""
     if not raw:
         return None
     try:
         return zlib.decompress(raw)
-    except zlib.error:  # stored before results were deflated
+    except zlib.error:  # small events, or stored before this was deflated
         return raw
 
 
@@ -264,7 +280,7 @@ def start_jobs(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[int]
 
 def get_many_events(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[list[dict]]:
     raw = r.mget([keys.job_events(tenant, job_id) for job_id in job_ids]) if job_ids else []
-    return [orjson.loads(x) if x else [] for x in raw]
+    return [orjson.loads(_inflate(x)) if x else [] for x in raw]
 
 
 def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,

@@ -1,15 +1,17 @@
-"""A large job's life as a client sees it: progress while it runs; once finished, nothing in
-Redis that outlives VIGIL_JOB_TTL, its verdicts deflated, and not its events (nothing reads
-them once the job has finished)."""
+"""A large job's life as a client sees it: its events deflated while it waits; progress while
+it runs; once finished, nothing in Redis that outlives VIGIL_JOB_TTL, its verdicts deflated,
+and not its events (nothing reads them once the job has finished)."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import redis
 from helpers import wait_for
 
 from core import keys
+from tasks import store
 from tasks.validate import CHUNK
 
 T0 = 1_790_000_000
@@ -62,3 +64,22 @@ def test_a_finished_job_expires_whole_and_keeps_its_verdicts_compact(alpha, even
     stored = r.get(keys.job_results("alpha", job_id))
     as_json = json.dumps(job["results"], separators=(",", ":")).encode()
     assert len(stored) < len(as_json) / 4, (len(stored), len(as_json))
+
+
+def test_a_queued_jobs_events_wait_compact_and_come_back_whole(redis_server, settings,
+                                                               event_type):
+    r = redis.Redis.from_url(redis_server.url)
+    events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"e-{i}",
+               "payload": {"amount": 100.0 + i % 7, "cart": {"items": i % 5}}}
+              for i in range(CHUNK)]
+    job_id = store.create_job(r, settings, "alpha", kind="validate", events=events)
+    stored = r.get(keys.job_events("alpha", job_id))
+    assert len(stored) < len(json.dumps(events)) / 4, "a large job's events are not deflated"
+    assert store.get_events(r, "alpha", job_id) == events
+    assert store.get_many_events(r, "alpha", [job_id]) == [events]
+    # A single event stays plain JSON: deflating it would cost the submit path more than it saves.
+    one = store.create_job(r, settings, "alpha", kind="validate", events=events[:1])
+    assert r.get(keys.job_events("alpha", one)).startswith(b"[")
+    assert store.get_events(r, "alpha", one) == events[:1]
+    r.delete(keys.job("alpha", job_id), keys.job("alpha", one), keys.job_events("alpha", job_id),
+             keys.job_events("alpha", one))
