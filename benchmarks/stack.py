@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from core.localredis import free_port, redis_answers, redis_server_binary
+from core.localredis import free_port, redis_answers, server_command
 from core.server import uwsgi_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -187,15 +187,13 @@ class Processes:
 
     def start_redis(self, name: str) -> str:
         """A private redis-server on a free port, configured as scripts/run.py starts its own
-        (append-only file, fsync every second) but with its files in a temp dir. Its own
-        session: a Ctrl-C must not take Redis away before the stacks using it have stopped."""
+        (core.localredis.server_command) but with its files in a temp dir. Its own session: a
+        Ctrl-C must not take Redis away before the stacks using it have stopped."""
         port, data = free_port(), self.workdir / name
         data.mkdir()
         url = f"redis://127.0.0.1:{port}/0"
-        started = self._popen(name, [
-            redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--dir", str(data),
-            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-            "--logfile", str(data / "redis.log")], child_env(), own_session=True, url=url)
+        started = self._popen(name, server_command(port, data), child_env(), own_session=True,
+                              url=url)
         deadline = time.monotonic() + 10
         while not redis_answers(url):
             if started.popen.poll() is not None or time.monotonic() > deadline:

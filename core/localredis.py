@@ -27,11 +27,20 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_redis(port: int, data_dir: Path, *, appendonly: bool = True,
-                timeout_s: float = 10.0) -> subprocess.Popen:
-    """Start redis-server on 127.0.0.1:port keeping its files in data_dir; wait until it answers."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [
+# Redis compacts its append-only file by forking a child that rewrites it, by default each time
+# the file has doubled past 64 MB. Every batch job writes its events, history rows and verdicts
+# (about 170 bytes per event), so under full load that was a rewrite every few seconds, and each
+# one stalled every client for milliseconds (the fork, then the main thread's writes waiting on
+# the child's): it was the largest cause of the submit latency tail (README, "Benchmarks").
+# At 1 GB rewrites are rare; the price is up to that much more disk and a longer replay when
+# Redis restarts. docker-compose.yml runs its Redis with the same setting.
+AOF_REWRITE_MIN_SIZE = "1gb"
+
+
+def server_command(port: int, data_dir: Path, *, appendonly: bool = True) -> list[str]:
+    """redis-server on 127.0.0.1:port with its files in data_dir, persisting as Vigil's own
+    Redis does: append-only file, fsync every second, no snapshots."""
+    return [
         redis_server_binary(),
         "--bind", "127.0.0.1",
         "--port", str(port),
@@ -39,9 +48,17 @@ def start_redis(port: int, data_dir: Path, *, appendonly: bool = True,
         "--save", "",
         "--appendonly", "yes" if appendonly else "no",
         "--appendfsync", "everysec",
+        "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
         "--logfile", str(data_dir / "redis.log"),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_redis(port: int, data_dir: Path, *, appendonly: bool = True,
+                timeout_s: float = 10.0) -> subprocess.Popen:
+    """Start redis-server on 127.0.0.1:port keeping its files in data_dir; wait until it answers."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(server_command(port, data_dir, appendonly=appendonly),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
