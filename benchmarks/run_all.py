@@ -40,6 +40,7 @@ from benchmarks import load
 from benchmarks.inprocess import ceiling
 from benchmarks.stack import ROOT, Processes, Started, cpu_between, cpu_sample
 from core.config import DEV_TENANT, Settings
+from core.localredis import AOF_REWRITE_MIN_SIZE
 from ml.stats import Moments
 from tasks import WORKER_ARGS, store
 
@@ -400,7 +401,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add("Vigil: defaults (VIGIL_* unset, dev API key) but VIGIL_RATE_LIMIT=0, scripts/run.py: API "
         "uWSGI 2 processes, 'worker' 2 processes,")
     add("  'events' 1 process (drains the single-event inbox), beat, Flower; each system its own Redis "
-        "(AOF everysec)")
+        f"(AOF everysec, rewritten past {AOF_REWRITE_MIN_SIZE})")
     add("  on this machine; load generator on the same cores: one asyncio process (a minimal HTTP/1.1 "
         "client with")
     add("  keep-alive, orjson) + one process that queues the batch backlog. Events: "
