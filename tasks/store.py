@@ -73,10 +73,14 @@ class OverRateLimit(Exception):
     """The request counted made its tenant exceed VIGIL_RATE_LIMIT; nothing was stored."""
 
 
+def _current_window(tenant: str) -> str:
+    return keys.rate_window(tenant, int(time.time()))
+
+
 def count_request(r: redis.Redis, tenant: str) -> int:
     """Count one request of the tenant's in the current window; returns the window's count."""
-    window = keys.rate_window(tenant, int(time.time()))
-    return int(r.register_script(_COUNT_REQUEST)(keys=[window], args=[RATE_WINDOW_TTL_S]))
+    return int(r.register_script(_COUNT_REQUEST)(keys=[_current_window(tenant)],
+                                                 args=[RATE_WINDOW_TTL_S]))
 
 
 # Stores a queued job: its hash (with an expiry), its events, its place among the tenant's
@@ -132,7 +136,7 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["callback_url"] = callback_url
     inbox_length = int(r.register_script(_CREATE)(
         keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
-              keys.events_inbox(), keys.rate_window(tenant, int(time.time()))],
+              keys.events_inbox(), _current_window(tenant)],
         args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, pack_events(events) if events else "",
               job_id, inbox.entry(tenant, job_id) if to_inbox else "",
               rate_limit, RATE_WINDOW_TTL_S,
