@@ -335,13 +335,14 @@ def bench_http_floor(procs: Processes, scale: float, results: dict) -> None:
     procs.stop(server)
 
 
-def cpu_ms_per_event(phase: Phase | None) -> float:
-    """Core-ms per event of everything the benchmark started, load generator included (the
-    rest of the machine left out)."""
+def cpu_ms_per_event(phase: Phase | None, roles: tuple[str, ...] | None = None) -> float:
+    """Core-ms per event of these roles (benchmarks.stack.role_of), or of everything the
+    benchmark started, load generator included (the rest of the machine left out)."""
     if phase is None:
         return math.nan
-    return 1000 * sum(v for k, v in phase.cpu.items() if k not in ("wall", "others")) \
-        / max(phase.events, 1)
+    used = (sum(phase.cpu.get(role, 0) for role in roles) if roles is not None
+            else sum(v for k, v in phase.cpu.items() if k not in ("wall", "others")))
+    return 1000 * used / max(phase.events, 1)
 
 
 # --- the table ------------------------------------------------------------------------------
@@ -497,8 +498,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
             f"(a) {a_cpu:.2f} ms; 20x (a) needs Vigil <= {a_cpu / GOALS['vs_a']:.2f} ms")
     floor = get("floor_single")
     if floor:
-        per = {role: 1000 * sum(floor.cpu.get(r, 0) for r in COLUMNS[role]) / max(floor.events, 1)
-               for role in ("client", "api")}
+        per = {column: cpu_ms_per_event(floor, COLUMNS[column]) for column in ("client", "api")}
         add(f"   {'CPU per request of the HTTP floor (no-op app)':56}"
             f"{per['client'] + per['api']:>9.2f} ms   load generator {per['client']:.2f}, "
             f"uWSGI {per['api']:.2f}")
@@ -526,12 +526,10 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add(f"   {'history':>10}{'all-time n':>14}{'rows kept':>11}{'model rows':>12}{'events/s':>10}"
         f"{'worker CPU ms/event':>21}{'all CPU ms/event':>18}")
     for size, figs, phase in get("scale", []):
-        worker = phase.cpu.get("worker", 0) + phase.cpu.get("events", 0)
-        total = sum(v for k, v in phase.cpu.items() if k not in ("wall", "others"))
-        n = max(phase.events, 1)
         add(f"   {f'10^{round(math.log10(size))}':>10}{figs['n']:>14,}{figs['rows']:>11,}"
             f"{figs['model_rows'] or 0:>12,}{rate(phase.result.per_s):>10}"
-            f"{1000 * worker / n:>21.3f}{1000 * total / n:>18.3f}")
+            f"{cpu_ms_per_event(phase, ('worker', 'events')):>21.3f}"
+            f"{cpu_ms_per_event(phase):>18.3f}")
     add("   History import: 10^3 and 10^5 rows through the API (jobs of 10,000); 10^7: 10^4 rows "
         "through the API (the")
     add("   history list keeps VIGIL_HISTORY_MAX_ROWS=10,000 anyway) + the moments of 10^7 - 10^4 "
@@ -560,11 +558,10 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     add(f"   {'phase':16}{'events':>8}{'wall s':>8}" + "".join(f"{c:>9}" for c in COLUMNS)
         + f"{'busy':>7}")
     for p in phases:
-        n = max(p.events, 1)
         busy = sum(v for k, v in p.cpu.items() if k != "wall") / max(p.cpu.get("wall", 1), 1e-9)
         add(f"   {p.name:16}{p.events:>8,}{p.cpu.get('wall', 0):>8.1f}"
-            + "".join(f"{1000 * sum(p.cpu.get(r, 0) for r in roles) / n:>9.2f}"
-                      for roles in COLUMNS.values()) + f"{busy:>7.2f}")
+            + "".join(f"{cpu_ms_per_event(p, roles):>9.2f}" for roles in COLUMNS.values())
+            + f"{busy:>7.2f}")
     add("=" * width)
     return "\n".join(lines)
 
