@@ -12,7 +12,6 @@ import json
 import time
 
 import pytest
-import redis
 from helpers import EVENT, KEYS
 from werkzeug.test import Client
 
@@ -113,10 +112,10 @@ def test_what_the_fast_path_cannot_accept_gets_flasks_answer(both, case, body, h
 
 @pytest.mark.parametrize("micro_batch", [True, False], ids=["micro-batched", "task per event"])
 def test_over_the_rate_limit_the_fast_path_answers_429_like_flask_and_stores_nothing(
-        settings, worker, event_type, micro_batch):
+        settings, redis_server, worker, event_type, micro_batch):
     client = Client(create_app(dataclasses.replace(settings, rate_limit=3,
                                                    micro_batch=micro_batch)))
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_server.client()
     newest_before = store.recent_job_ids(r, "alpha", 1)
     time.sleep(1.01 - time.time() % 1)  # a fresh window: earlier tests' requests counted in theirs
     statuses = [post(client, {**EVENT, "event_type": event_type}) for _ in range(12)]

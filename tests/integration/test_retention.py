@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import time
 
-import redis
 from helpers import wait_for
 
 from core import keys
@@ -68,7 +67,7 @@ def test_a_finished_job_expires_whole_and_keeps_its_verdicts_compact(alpha, even
 
 def test_a_queued_jobs_events_wait_compact_and_come_back_whole(redis_server, settings,
                                                                event_type):
-    r = redis.Redis.from_url(redis_server.url)
+    r = redis_server.client()
     events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"e-{i}",
                "payload": {"amount": 100.0 + i % 7, "cart": {"items": i % 5}}}
               for i in range(CHUNK)]
