@@ -14,7 +14,7 @@ help:
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
-	@echo "  eval       replay the NAB series through Vigil: windows flagged, false alarms, vs naive 3-sigma"
+	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
 	@echo "  clean      remove .vigil/ and caches (keeps $(VENV))"
 	@echo "  distclean  clean, and remove $(VENV)"
 

@@ -1,15 +1,22 @@
-"""`make eval`: replay the NAB realKnownCause series through Vigil as a client would.
+"""`make eval`: replay the four NAB families through Vigil, with its defaults, as a client would.
 
-Per series: the first 15% is imported as history; the rest is submitted as events in time
-order (jobs of --batch events, each submitted when the previous one finished). An event
-counts as flagged when its verdict is invalid. A window counts as flagged when at least one
-event inside it is; a false alarm is a flagged event outside every window. The naive
-baseline (mean and std of the history part, 3 sigma) is computed on the same events in the
-same run.
+Per series (../shared/data/nab, its README says how): the first 15% is imported as history; the
+rest is submitted as events in the file's order (jobs of --batch events, each submitted when the
+previous one finished). An event counts as flagged when its verdict is invalid. Per family and
+in total it prints:
+- windows flagged: windows with at least one flagged event, of the windows with at least one
+  replayed event (a window wholly inside the imported history is never judged: NAB does not
+  score windows of its probationary period either; how many there were is printed);
+- false alarms per 1,000 events outside every window;
+- the NAB score under NAB's `standard` and `reward_low_FP_rate` profiles, normalised 0-100 as
+  NAB reports it (evaluation/nab_score.py; the imported history is the probationary period);
+- the same for a naive detector (mean and std of the history part, 3 sigma) on the same events.
+Then Gaussian streams (issue 15's goal: no more than 2x the configured alert rate whatever the
+history's time span) and the run's duration.
 
-By default a private stack (its own Redis, API, workers, beat) is started for the run with
-the settings in PROFILE, and stopped afterwards; --url uses a running service instead
-(with whatever settings it runs with).
+A private stack (its own Redis, API, workers, beat) is started WITH THE DEFAULTS (the caller's
+VIGIL_* variables are not passed on); `--env NAME=VALUE` (repeatable) overrides one setting,
+and --url replays through a running service instead (with whatever settings it runs with).
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,47 +39,67 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from core.config import Settings  # noqa: E402
+from evaluation.nab_score import PROFILES, FamilyScore, score_series, window_spans  # noqa: E402
 from evaluation.stack import private_stack  # noqa: E402
 from vigil_client import Client  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nab"
+FAMILIES = ("realKnownCause", "realTweets", "artificialWithAnomaly", "artificialNoAnomaly")
 HISTORY_SHARE = 0.15
-# Settings for noisy operational metrics, chosen once for all seven series (no per-series
-# tuning): heavy-tailed series see 3-sigma excursions far more often than 0.3% of the
-# time, so the statistical check only speaks at 5 sigma of both baselines, and the model
-# flags the rarest 0.1% of what the history looks like.
-PROFILE = {"VIGIL_Z_THRESHOLD": "5", "VIGIL_BASELINE": "both", "VIGIL_RECENT_HALF_LIFE": "1000",
-           "VIGIL_RECENT_CLIP": "3", "VIGIL_ANOMALY_CONTAMINATION": "0.001",
-           "VIGIL_DERIVED_FEATURES": "time_of_day"}
+SHOWN_PROFILES = ("standard", "reward_low_FP_rate")
 
 
 @dataclass
-class Score:
-    windows_flagged: int
-    windows: int
-    false_alarms: int
-    events_outside: int
+class Tally:
+    """One detector's figures on one series, or summed over several."""
+
+    windows_flagged: int = 0
+    windows: int = 0  # windows with at least one replayed event
+    windows_in_history: int = 0  # windows wholly inside the imported history: never judged
+    false_alarms: int = 0
+    events_outside: int = 0
+    nab: dict[str, FamilyScore] = field(default_factory=lambda: {p: FamilyScore() for p in PROFILES})
 
     @property
     def per_1000(self) -> float:
         return 1000 * self.false_alarms / max(self.events_outside, 1)
 
-    def __add__(self, other: Score) -> Score:
-        return Score(self.windows_flagged + other.windows_flagged, self.windows + other.windows,
+    @property
+    def window_share(self) -> float | None:
+        return self.windows_flagged / self.windows if self.windows else None
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.windows_flagged + other.windows_flagged, self.windows + other.windows,
+                     self.windows_in_history + other.windows_in_history,
                      self.false_alarms + other.false_alarms,
-                     self.events_outside + other.events_outside)
+                     self.events_outside + other.events_outside,
+                     {p: self.nab[p] + other.nab[p] for p in PROFILES})
 
 
-def score(times: pd.Series, flags: np.ndarray, windows: list[list[str]]) -> Score:
-    """times and flags of the replayed (non-history) events only."""
-    inside_any = np.zeros(len(times), dtype=bool)
-    flagged = 0
-    for start, end in windows:
-        inside = ((times >= pd.Timestamp(start)) & (times <= pd.Timestamp(end))).to_numpy()
-        inside_any |= inside
-        flagged += bool((flags & inside).any())
-    outside = ~inside_any
-    return Score(flagged, len(windows), int((flags & outside).sum()), int(outside.sum()))
+def tally(times: pd.Series, flags: np.ndarray, windows: Sequence[Sequence[str]],
+          history: int) -> Tally:
+    """Figures of one series: times and flags of every row; rows before `history` were
+    imported as history (no verdict; their flags are ignored)."""
+    flags = np.asarray(flags, dtype=bool).copy()
+    flags[:history] = False
+    replayed = np.arange(len(flags)) >= history
+    spans = window_spans(times, windows)
+    inside_any = np.zeros(len(flags), dtype=bool)
+    result = Tally()
+    for left, right in spans:
+        inside_any[left:right + 1] = True
+        if right < history:
+            result.windows_in_history += 1
+            continue
+        result.windows += 1
+        result.windows_flagged += bool(flags[left:right + 1].any())
+    outside = replayed & ~inside_any
+    result.false_alarms = int((flags & outside).sum())
+    result.events_outside = int(outside.sum())
+    result.nab = {name: score_series(flags, spans, cost, probation=history)
+                  for name, cost in PROFILES.items()}
+    return result
 
 
 def naive_flags(history: np.ndarray, values: np.ndarray, k: float = 3.0) -> np.ndarray:
@@ -89,73 +117,218 @@ def wait(client: Client, job_id: str, poll_s: float = 0.05) -> dict:
         time.sleep(poll_s)
 
 
-def replay(client: Client, frame: pd.DataFrame, event_type: str,
-           batch: int) -> np.ndarray:
-    epoch = (frame["timestamp"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
-    split = int(len(frame) * HISTORY_SHARE)
-    history = [{"timestamp": int(t), "payload": {"value": float(v)}}
-               for t, v in zip(epoch[:split], frame["value"][:split])]
-    wait(client, client.import_history(event_type, history)["job_id"])
-    flags = []
-    events = [{"event_type": event_type, "timestamp": int(t), "payload": {"value": float(v)}}
-              for t, v in zip(epoch[split:], frame["value"][split:])]
+def judge(client: Client, history: list[dict], events: list[dict], batch: int) -> np.ndarray:
+    """Import the history of the events' type, then submit the events in jobs of `batch`,
+    each awaited; the invalid flag of each event, in order."""
+    wait(client, client.import_history(events[0]["event_type"], history)["job_id"])
+    flags: list[bool] = []
     for start in range(0, len(events), batch):
         job = wait(client, client.submit(events[start:start + batch])["job_id"])
         flags += [not result["valid"] for result in job["results"]]
     return np.array(flags, dtype=bool)
 
 
-def main(argv: list[str] | None = None) -> int:
+def replay(client: Client, frame: pd.DataFrame, event_type: str, batch: int) -> np.ndarray:
+    """Flags of every row of the series (False for the history part)."""
+    epoch = (frame["timestamp"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+    values = frame["value"].astype(float)
+    split = int(len(frame) * HISTORY_SHARE)
+    history = [{"timestamp": int(t), "payload": {"value": float(v)}}
+               for t, v in zip(epoch[:split], values[:split], strict=True)]
+    events = [{"event_type": event_type, "timestamp": int(t), "payload": {"value": float(v)}}
+              for t, v in zip(epoch[split:], values[split:], strict=True)]
+    flags = judge(client, history, events, batch)
+    return np.concatenate([np.zeros(split, dtype=bool), flags])
+
+
+@dataclass
+class SeriesResult:
+    family: str
+    name: str
+    vigil: Tally
+    naive: Tally
+    seconds: float
+
+
+def evaluate_series(args: argparse.Namespace, name: str, windows: list, run: str) -> SeriesResult:
+    started = time.monotonic()
+    frame = pd.read_csv(args.data / name, parse_dates=["timestamp"])
+    family, stem = name.split("/", 1)
+    split = int(len(frame) * HISTORY_SHARE)
+    with Client(args.url, args.key, timeout=120) as client:
+        flags = replay(client, frame, f"nab-{family}-{Path(stem).stem[:50]}-{run}", args.batch)
+    values = frame["value"].to_numpy(dtype=float)
+    naive = np.concatenate([np.zeros(split, dtype=bool), naive_flags(values[:split], values[split:])])
+    times = frame["timestamp"]
+    result = SeriesResult(family, name, tally(times, flags, windows, split),
+                          tally(times, naive, windows, split), time.monotonic() - started)
+    print(f"eval: {name}: {describe(result.vigil)}; naive 3-sigma {describe(result.naive)} "
+          f"({result.seconds:.0f} s)", file=sys.stderr, flush=True)
+    return result
+
+
+def describe(t: Tally) -> str:
+    return f"{t.windows_flagged}/{t.windows} windows, {t.per_1000:.2f} FA/1000"
+
+
+# --- the table ------------------------------------------------------------------------------
+
+def _share(t: Tally) -> str:
+    share = t.window_share
+    return f"{t.windows_flagged:>5}/{t.windows:<4} {share:>4.0%}" if share is not None else f"{'n/a':>15}"
+
+
+def _nab(score: FamilyScore) -> str:
+    value = score.normalised
+    return f"{value:>8.1f}" if value is not None else f"{'n/a':>8}"
+
+
+def table_rows(label: str, vigil: Tally, naive: Tally) -> list[str]:
+    rows = []
+    for i, (detector, t) in enumerate((("vigil", vigil), ("3-sigma", naive))):
+        rows.append(f"{label if i == 0 else '':27} {detector:8} {_share(t)} {t.per_1000:>9.2f} "
+                    + " ".join(f"{_nab(t.nab[p]):>12}" for p in SHOWN_PROFILES))
+    return rows
+
+
+def report(results: list[SeriesResult]) -> list[str]:
+    header = (f"{'family (series)':27} {'detector':8} {'windows flagged':>15} {'FA/1000':>9} "
+              f"{'NAB standard':>12} {'NAB low-FP':>12}")
+    lines = [header]
+    total_v = total_n = Tally()
+    for family in FAMILIES:
+        mine = [r for r in results if r.family == family]
+        if not mine:
+            continue
+        vigil = sum((r.vigil for r in mine), Tally())
+        naive = sum((r.naive for r in mine), Tally())
+        total_v, total_n = total_v + vigil, total_n + naive
+        lines += table_rows(f"{family} ({len(mine)})", vigil, naive)
+    lines += table_rows("ALL", total_v, total_n)
+    lines += [f"windows flagged: of the {total_v.windows} windows with events after the history "
+              f"({total_v.windows_in_history} more lay wholly in it: never judged,",
+              "  as in NAB's probationary period). FA/1000: invalid events outside every window, "
+              "per 1,000 such events.",
+              "NAB: NAB's score, normalised as NAB does: 0 = no detection at all, 100 = perfect."]
+    return lines
+
+
+# --- Gaussian streams -----------------------------------------------------------------------
+
+@dataclass
+class StreamResult:
+    label: str
+    events: int
+    flagged: int
+
+    @property
+    def per_1000(self) -> float:
+        return 1000 * self.flagged / max(self.events, 1)
+
+
+def gaussian_short_history(client: Client, run: str, batch: int) -> StreamResult:
+    """1,000 events of N(100, 10) one second apart (17 minutes) as history, then 20,000 of the
+    same distribution spread over a day that starts a day later."""
+    rng = np.random.default_rng(15)
+    t0 = 1_790_000_000
+    event_type = f"eval-gauss-{run}"
+    history = [{"timestamp": t0 + i, "payload": {"amount": float(v)}}
+               for i, v in enumerate(rng.normal(100, 10, 1000))]
+    times = t0 + 86_400 + np.arange(20_000) * 86_400 // 20_000
+    events = [{"event_type": event_type, "timestamp": int(t), "payload": {"amount": float(v)}}
+              for t, v in zip(times, rng.normal(100, 10, 20_000), strict=True)]
+    flags = judge(client, history, events, batch)
+    return StreamResult(f"N(100,10), history 17 min, then a later day (jobs of {batch:,})",
+                        len(events), int(flags.sum()))
+
+
+def bench_events(client: Client, run: str, batch: int = 1000) -> list[StreamResult]:
+    """`make bench`'s events (benchmarks/load.py): 2,000 history rows, then 20,000 events in
+    jobs of 1,000, 1% of them with amount at +6 sigma."""
+    from benchmarks import load  # its generators; imported here so the NAB part needs none of it
+
+    event_type = f"eval-bench-{run}"
+    history = load.history(2000)
+    events = load.events(20_000, event_type)
+    outlier = np.array([e["payload"]["amount"] == load.MEANS[0] + 6 * load.STDS[0] for e in events])
+    flags = judge(client, history, events, batch)
+    return [StreamResult("make bench events, ordinary (99%)", int((~outlier).sum()),
+                         int((flags & ~outlier).sum())),
+            StreamResult("make bench events, +6 sigma (1%): caught", int(outlier.sum()),
+                         int((flags & outlier).sum()))]
+
+
+def gaussian_report(streams: list[StreamResult], alert_rate: float | None) -> list[str]:
+    bound = (f"bound 2 x VIGIL_ALERT_RATE = {2000 * alert_rate:.2f} per 1,000"
+             if alert_rate is not None else "no VIGIL_ALERT_RATE in this build")
+    lines = [f"{'Gaussian stream':62} {'events':>7} {'flagged/1000':>13}   ({bound})"]
+    lines += [f"{s.label:62} {s.events:>7} {s.per_1000:>13.2f}" for s in streams]
+    return lines
+
+
+# --- main -----------------------------------------------------------------------------------
+
+def env_setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. VIGIL_ALERT_RATE=0.002)")
+    return name.strip(), value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running Vigil to replay through (default: start a "
-                                      "private one with PROFILE)")
+                                      "private one with the defaults)")
     parser.add_argument("--key", default=os.environ.get("VIGIL_API_KEY", "vigil-dev-key"))
+    parser.add_argument("--env", type=env_setting, action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the private stack (repeatable); default: none")
+    parser.add_argument("--family", action="append", choices=FAMILIES,
+                        help="replay only this family (repeatable); default: all four")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--batch", type=int, default=100, help="events per job")
-    args = parser.parse_args(argv)
+    parser.add_argument("--batch", type=int, default=250, help="events per job")
+    parser.add_argument("--parallel", type=int, default=2,
+                        help="series replayed at a time (the jobs worker has 2 processes)")
+    parser.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian streams")
+    return parser.parse_args(argv)
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    overrides = dict(args.env)
+    settings_text = (" ".join(f"{k}={v}" for k, v in overrides.items()) or "the defaults")
+    # Read here, before anything starts: a bad --env value fails now, with the setting's name.
+    settings = stack_settings(overrides)
     windows = json.loads((args.data / "windows.json").read_text())
+    names = [n for n in sorted(windows) if n.split("/", 1)[0] in (args.family or FAMILIES)]
     with ExitStack() as stack:
         if args.url is None:
-            print("eval: starting a private stack with "
-                  + " ".join(f"{k}={v}" for k, v in PROFILE.items()), file=sys.stderr)
-            args.url, _ = stack.enter_context(private_stack(PROFILE))
-        return replay_all(args, windows)
+            print(f"eval: a private stack with {settings_text}", flush=True)
+            args.url, _ = stack.enter_context(private_stack(overrides, inherit_settings=False))
+        else:
+            print(f"eval: replaying through {args.url} (with its own settings)", flush=True)
+        return run(args, names, windows, settings)
 
 
-def replay_all(args: argparse.Namespace, windows: dict) -> int:
-    run = uuid.uuid4().hex[:6]
+def stack_settings(overrides: dict[str, str]) -> Settings:
+    """The settings the private stack runs with: the defaults and the overrides."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("VIGIL_")}
+    return Settings.from_env({**environ, **overrides})
+
+
+def run(args: argparse.Namespace, names: list[str], windows: dict, settings: Settings) -> int:
     started = time.monotonic()
-
-    def one(name: str) -> tuple[str, Score, Score]:
-        frame = pd.read_csv(args.data / name, parse_dates=["timestamp"])
-        split = int(len(frame) * HISTORY_SHARE)
+    tag = uuid.uuid4().hex[:6]
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        results = list(pool.map(lambda name: evaluate_series(args, name, windows[name], tag), names))
+    lines = report(results)
+    if not args.no_gaussian:
         with Client(args.url, args.key, timeout=120) as client:
-            flags = replay(client, frame, f"nab-{Path(name).stem[:60]}-{run}", args.batch)
-        values = frame["value"].to_numpy(dtype=float)
-        times = frame["timestamp"][split:].reset_index(drop=True)
-        naive = naive_flags(values[:split], values[split:])
-        return name, score(times, flags, windows[name]), score(times, naive, windows[name])
-
-    # Two series at a time: as many as the jobs worker has processes.
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        rows = list(pool.map(one, sorted(windows)))
-
-    print(f"{'series':42} {'vigil windows':>13} {'FA/1000':>8} {'naive windows':>14} {'FA/1000':>8}")
-    total_v = total_n = Score(0, 0, 0, 0)
-    for name, vigil, naive in rows:
-        total_v, total_n = total_v + vigil, total_n + naive
-        print(f"{Path(name).stem:42} {vigil.windows_flagged:>6}/{vigil.windows:<6} "
-              f"{vigil.per_1000:>8.2f} {naive.windows_flagged:>7}/{naive.windows:<6} "
-              f"{naive.per_1000:>8.2f}")
-    print(f"{'TOTAL':42} {total_v.windows_flagged:>6}/{total_v.windows:<6} "
-          f"{total_v.per_1000:>8.2f} {total_n.windows_flagged:>7}/{total_n.windows:<6} "
-          f"{total_n.per_1000:>8.2f}")
-    print(f"vigil: {total_v.windows_flagged / total_v.windows:.0%} of windows flagged, "
-          f"{total_v.per_1000:.2f} false alarms per 1,000 events outside windows "
-          f"({total_v.false_alarms} of {total_v.events_outside}); naive 3-sigma: "
-          f"{total_n.windows_flagged / total_n.windows:.0%}, {total_n.per_1000:.2f}. "
-          f"{time.monotonic() - started:.0f} s.")
+            streams = [gaussian_short_history(client, tag, settings.max_events_per_job),
+                       *bench_events(client, tag)]
+        lines += [""] + gaussian_report(streams, getattr(settings, "alert_rate", None))
+    lines.append(f"{len(results)} series; the run took {time.monotonic() - started:.0f} s, ended "
+                 f"{time.strftime('%Y-%m-%d %H:%M %Z')}.")
+    print("\n".join(lines), flush=True)
     return 0
 
 

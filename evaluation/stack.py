@@ -23,13 +23,25 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
+def stack_env(environ: Mapping[str, str], overrides: Mapping[str, str] = (),
+              inherit_settings: bool = True) -> dict[str, str]:
+    """The private stack's environment, before its ports: no API keys (the dev key), dev mode."""
+    inherited = {name: value for name, value in environ.items()
+                 if inherit_settings or not name.startswith("VIGIL_")}
+    return {**inherited, "VIGIL_API_KEYS": "", "VIGIL_ENV": "development", **dict(overrides)}
+
+
 @contextmanager
-def private_stack(overrides: Mapping[str, str] = (), ready_timeout_s: float = 90
-                  ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Start Redis, API, workers and beat with these settings; yield (API URL, process)."""
+def private_stack(overrides: Mapping[str, str] = (), ready_timeout_s: float = 90,
+                  inherit_settings: bool = True) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Start Redis, API, workers and beat with these settings; yield (API URL, process).
+
+    inherit_settings=False drops the caller's VIGIL_* variables, so the stack runs with the
+    defaults plus `overrides` only (a VIGIL_Z_THRESHOLD left in a shell would skew an eval).
+    """
     exit_on_sigterm()
     port = free_port()
-    env = {**os.environ, "VIGIL_API_KEYS": "", "VIGIL_ENV": "development", **dict(overrides),
+    env = {**stack_env(os.environ, overrides, inherit_settings),
            "PORT": str(port), "FLOWER_PORT": str(free_port()),
            # A free port answers nothing, so run.py starts a Redis of its own there.
            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
