@@ -42,14 +42,24 @@ class ProblemApi(Api):
         return response
 
 
+UNAVAILABLE = "Vigil's store is unreachable right now."
+# A store call can fail after it took effect (its reply lost): a submission then answered 503
+# may still have been stored, and a blind retry would store it twice.
+UNAVAILABLE_WRITE = (" This request may or may not have taken effect: a submission may have "
+                     "been stored and be judged. Retry after Retry-After seconds with the same "
+                     "Idempotency-Key header (send one with every submission): the retry then "
+                     "gets the job the first request stored, if it did, instead of a second one.")
+
+
 def register_outage_handlers(app: flask.Flask, api: ProblemApi) -> None:
     """Redis or the broker unreachable: 503 with Retry-After, not a 500."""
 
     def unavailable(exc: Exception):
         log.warning("backing store unavailable: %s", type(exc).__name__)
         error = ServiceUnavailable()
-        error.data = {"message": "Vigil's store is unreachable right now; nothing was accepted. "
-                                 "Retry shortly.", "headers": {"Retry-After": "5"}}
+        error.data = {"message": UNAVAILABLE + (UNAVAILABLE_WRITE if flask.request.method
+                                                not in ("GET", "HEAD") else " Retry shortly."),
+                      "headers": {"Retry-After": "5"}}
         return api.handle_http_exception(error)
 
     app.register_error_handler(redis.RedisError, unavailable)

@@ -25,7 +25,7 @@ import redis
 
 from api import observability
 from api.auth import tenant_for
-from api.jobs import admit_single_event
+from api.jobs import JOB_ID_ENVIRON, admit_single_event
 from api.schemas import EVENT_SCHEMA
 from api.services import Services
 from tasks import store
@@ -88,18 +88,18 @@ class FastSubmit:
             event: Any = EVENT_SCHEMA.load(orjson.loads(body))
         except (orjson.JSONDecodeError, ma.ValidationError):
             return None
+        job_id = store.new_job_id()
         try:
-            return tenant, admit_single_event(self.services, tenant, event, check_rate_limit=True)
+            return tenant, admit_single_event(self.services, tenant, event, check_rate_limit=True,
+                                              job_id=job_id)
         except store.OverRateLimit:
             # Flask counts the request again and answers 429; the extra count lands in a
             # window that is refusing anyway.
             return None
-        except redis.RedisError:
-            # Nothing was stored (one script call), unless only its reply was lost, as with any
-            # client's retry: Flask tries once more and answers 503 if Redis is still away.
-            return None
-        except kombu.exceptions.OperationalError:
-            # VIGIL_MICRO_BATCH=off and the broker refused the job's task: Flask tries once
-            # more, as above. The job stored first never runs; nobody was given its id, and it
-            # expires with VIGIL_JOB_TTL.
+        except (redis.RedisError, kombu.exceptions.OperationalError):
+            # Redis failed (nothing stored, or the script ran and only its reply was lost), or
+            # with VIGIL_MICRO_BATCH=off the broker refused the stored job's task. Flask tries
+            # once more under the same job id: it finds the job if it was stored (and then
+            # enqueues its task), stores it otherwise, and answers 503 if that fails too.
+            environ[JOB_ID_ENVIRON] = job_id
             return None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+from collections.abc import Callable
 
 import flask
 import kombu.exceptions
@@ -15,6 +17,7 @@ from flask_smorest import Blueprint, abort
 
 from api import idempotency
 from api.auth import require_tenant
+from api.parsing import too_many_events
 from api.ratelimit import limit_rate
 from api.schemas import (
     EVENT_SCHEMA,
@@ -27,7 +30,7 @@ from api.schemas import (
 )
 from api.services import Services, services
 from core import ssrf
-from tasks import inbox, store
+from tasks import inbox, store, webhook_secrets
 from tasks.documents import job_document
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,10 @@ TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_hist
                  "train": "vigil.train_job"}
 CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
             "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
+# WSGI environ key: the job id api.fast_submit tried to store a request under before it
+# handed the request over (its store call failed, perhaps after storing): the view stores
+# under the same id. No client can set it (header keys are HTTP_*).
+JOB_ID_ENVIRON = "vigil.job_id"
 
 
 def submit(kind: str, events: list[dict], **options):
@@ -57,20 +64,25 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     single (POST /v1/events/validate): admitted by admit_single_event, as the fast path does.
     """
     svc, tenant = services(), flask.g.tenant
-    if len(events) > svc.settings.max_events_per_job:
-        abort(422, message="Too many events", errors={"json": {"events": [
-            f"At most {svc.settings.max_events_per_job} events per job; got {len(events)}. "
-            "Split the submission."]}})
+    if len(events) > svc.settings.max_events_per_job:  # bodies are counted before parsing too
+        too_many_events(svc.settings.max_events_per_job, len(events))
     if callback_url:
         try:  # SSRF: no callbacks into Vigil's own network (again at delivery, tasks/webhooks.py)
             ssrf.check_callback_url(callback_url, svc.settings.allow_private_callbacks)
         except ValueError as exc:
             abort(422, message="callback_url refused", errors={"json": {"callback_url": [str(exc)]}})
-    if single:
-        job_id = admit_single_event(svc, tenant, events[0])
+        if not webhook_secrets.can_sign(svc.redis, svc.settings, tenant):
+            # Refused now rather than a delivery that could never be signed for this tenant.
+            abort(409, message=f"No webhook secret to sign this job's callback: "
+                               f"{webhook_secrets.CREATE_HINT}")
+    job_id = request_job_id(tenant)
+    if single:  # the fast path, if it handed the request over, made the first store call
+        stored_retrying(lambda: admit_single_event(svc, tenant, events[0], job_id=job_id),
+                        retry=JOB_ID_ENVIRON not in flask.request.environ)
     else:
-        job_id = store.create_job(svc.redis, svc.settings, tenant, kind=kind, events=events,
-                                  event_type=event_type, callback_url=callback_url)
+        stored_retrying(lambda: store.create_job(
+            svc.redis, svc.settings, tenant, kind=kind, events=events, event_type=event_type,
+            callback_url=callback_url, job_id=job_id), retry=True)
         svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
     flask.g.job_id = job_id  # for the request's log line
     status_url = flask.url_for("jobs.Job", job_id=job_id)
@@ -78,22 +90,58 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
             {"Location": status_url})
 
 
+def request_job_id(tenant: str) -> str:
+    """The id to store this request's job under, chosen before storing it, so that a store
+    call retried after a lost reply finds the job instead of storing another:
+    - the one the fast path tried, if it handed the request over (JOB_ID_ENVIRON);
+    - with an Idempotency-Key, one derived from the key and the request (api.idempotency's
+      fingerprint): a client's retry with the key after a 503 finds the job its first try
+      stored, even though that try's key record was never completed;
+    - else a new one."""
+    request = flask.request
+    if JOB_ID_ENVIRON in request.environ:
+        return request.environ[JOB_ID_ENVIRON]
+    key = request.headers.get(idempotency.HEADER)
+    if key is None:
+        return store.new_job_id()
+    fingerprint = idempotency.fingerprint(request.method, request.path, request.query_string,
+                                          request.get_data(cache=True))
+    return hashlib.sha256(f"{tenant}\0{key}\0{fingerprint}".encode()).hexdigest()[:32]
+
+
+def stored_retrying(store_it: Callable[[], object], *, retry: bool) -> None:
+    """store_it(), once more on a RedisError when ``retry``. Its job id was chosen before the
+    first call: if that call stored the job and only its reply was lost (a timeout, a dropped
+    connection), the second finds the job and stores nothing again (tasks.store._CREATE)."""
+    try:
+        store_it()
+    except redis.RedisError:
+        if not retry:
+            raise
+        log.warning("storing a job failed; trying once more under the same job id",
+                    exc_info=True)
+        store_it()
+
+
 def admit_single_event(svc: Services, tenant: str, event: dict, *,
-                       check_rate_limit: bool = False) -> str:
+                       check_rate_limit: bool = False, job_id: str | None = None) -> str:
     """Store a single-event job in the inbox (tasks.inbox) and wake the events worker if the
     inbox was empty; with VIGIL_MICRO_BATCH=off (the benchmark's reference design (a)), store
     it and send it a task of its own. Returns the job id.
 
     check_rate_limit: count it against VIGIL_RATE_LIMIT in the same script call (the fast path,
     which has no before_request hook); over the limit, store.OverRateLimit, nothing stored.
+    job_id: the id to store it under (store.new_job_id()); called again with the same id
+    after a failure, it finds the job stored by the first call, if any, and stores no other.
     """
     rate_limit = svc.settings.rate_limit if check_rate_limit else 0
     if not svc.settings.micro_batch:
         job_id = store.create_job(svc.redis, svc.settings, tenant, kind="validate",
-                                  events=[event], rate_limit=rate_limit)
+                                  events=[event], rate_limit=rate_limit, job_id=job_id)
         svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
         return job_id
-    job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit)
+    job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
+                                          job_id=job_id)
     if wake:
         try:
             svc.enqueue(inbox.WAKE_TASK)
@@ -198,24 +246,41 @@ class JobResultsCsv(MethodView):
         return results_csv_response(job_id)
 
 
+# A spreadsheet runs a cell starting with one of these as a formula (OWASP: CSV Injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(value: str | None) -> str | None:
+    """Text a spreadsheet shows as text: a cell that would start a formula gets a leading
+    single quote, as OWASP recommends. Only text: numbers Vigil computed (a negative score)
+    are written as numbers and stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def results_csv_response(job_id: str) -> flask.Response:
     """The caller's job results as a CSV download (the API's and the /ui page's)."""
     job = load_job(job_id)
     results = store.get_results(services().redis, flask.g.tenant, job_id)
     if results is None:
-        abort(409, message=f"The job is {job['status']}; results exist once it succeeded.")
+        abort(409, message=f"The job is {job['status']} and has no results; results exist once it "
+                           "succeeded, or once it failed after judging some of its events.")
+    text = spreadsheet_text  # every cell holding text a client chose (ids, types, field names)
     frame = pd.DataFrame({
         "index": [r["index"] for r in results],
-        "event_id": [r.get("event_id") for r in results],
-        "event_type": [r["event_type"] for r in results],
+        "event_id": [text(r.get("event_id")) for r in results],
+        "event_type": [text(r["event_type"]) for r in results],
         "timestamp": [r["timestamp"] for r in results],
         "valid": [r["valid"] for r in results],
         "anomaly_score": [r["anomaly_score"] for r in results],
-        "warning_codes": [";".join(w["code"] for w in r["warnings"]) for r in results],
-        "warnings": [json.dumps(r["warnings"]) if r["warnings"] else "" for r in results],
+        "warning_codes": [text(";".join(w["code"] for w in r["warnings"])) for r in results],
+        "warnings": [text(json.dumps(r["warnings"])) if r["warnings"] else "" for r in results],
         "processed_at": [r["processed_at"] for r in results],
     })
     out = io.StringIO()
-    frame.to_csv(out, index=False)
+    # CRLF (RFC 4180): with it the csv writer also quotes a cell holding a lone CR, which
+    # spreadsheets read as a line break, so "x\r=HYPERLINK(...)" cannot start a row of its own.
+    frame.to_csv(out, index=False, lineterminator="\r\n")
     return flask.Response(out.getvalue(), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="{job_id}.csv"'})

@@ -12,6 +12,9 @@ import marshmallow as ma
 from marshmallow import fields, validate
 from webargs.fields import DelimitedList
 
+from ml.features import DERIVED_PREFIX, SEPARATOR
+from ml.stats import MAX_MAGNITUDE
+
 # \Z, not $: validate.Regexp uses match(), and $ would let a trailing newline through.
 EVENT_TYPE = re.compile(r"[A-Za-z0-9_.:-]{1,100}\Z")
 EVENT_TYPE_RULE = "1-100 characters: letters, digits, '_', '.', ':' or '-'"
@@ -62,32 +65,85 @@ class Timestamp(fields.Field):
 
 
 _NUMBERS = frozenset({int, float, bool, type(None)})
+MAGNITUDE_RULE = (f"numbers in a payload must be within +/-{MAX_MAGNITUDE:g} (beyond that a "
+                  "field's baseline can no longer be computed); send such a value in other "
+                  "units or as a string")
+RESERVED_RULE = (f"payload keys starting with '{DERIVED_PREFIX}' are reserved for Vigil's "
+                 "derived features; rename the field")
 
 
 def check_payload(payload: Mapping) -> None:
-    """Depth, size, key and string limits; raises ValidationError naming the first breach."""
+    """Depth, size, key and string limits, numbers within MAX_MAGNITUDE, no field in the
+    derived features' namespace, no two keys naming one field; raises ValidationError
+    naming the first breach."""
     leaves = 0
-    stack: list[tuple[Any, int, str]] = [(payload, 1, "")]
+    dotted = nested = False  # both needed for two keys to flatten to one dotted path
+    # Locals, not globals: this runs for every value of every event on the hot path.
+    limit, separator, reserved, max_key = MAX_MAGNITUDE, SEPARATOR, DERIVED_PREFIX, MAX_KEY_LENGTH
+    # fields: the node was reached through objects only, so its numbers are fields (as
+    # ml.features.numeric_leaves finds them), not list items.
+    stack: list[tuple[Any, int, str, bool]] = [(payload, 1, "", True)]
     while stack:
-        node, depth, path = stack.pop()
+        node, depth, path, fields_above = stack.pop()
         if depth > MAX_DEPTH:
             raise ma.ValidationError(f"{path} nests deeper than {MAX_DEPTH} levels.")
         in_list = isinstance(node, list)
+        has_fields = fields_above and not in_list
+        # Fields under a reserved top-level key are reserved; top-level keys are checked one
+        # by one.
+        under_reserved = has_fields and path.startswith(reserved)
+        top = not path
         # Only containers go on the stack, and a child's path is spelt out only when it is
         # needed: most of a payload is numbers, checked here in one step each.
         for key, value in enumerate(node) if in_list else node.items():
-            if not in_list and (not key or len(key) > MAX_KEY_LENGTH):
-                raise ma.ValidationError(
-                    f"Keys must be 1-{MAX_KEY_LENGTH} characters (under {path or 'payload'}).")
-            if type(value) not in _NUMBERS and isinstance(value, Mapping | list):
-                stack.append((value, depth + 1, _child(path, key, in_list)))
+            if not in_list:
+                if not key or len(key) > max_key:
+                    raise ma.ValidationError(f"Keys must be 1-{max_key} characters "
+                                             f"(under {path or 'payload'}).")
+                if separator in key:
+                    dotted = True
+            kind = type(value)
+            if kind is float or kind is int:  # numbers first: most of a payload
+                leaves += 1
+                if value > limit or value < -limit:
+                    raise ma.ValidationError(
+                        f"{_child(path, key, in_list)} is out of range: {MAGNITUDE_RULE}.")
+                if under_reserved or (top and key[0] == reserved):
+                    raise ma.ValidationError(f"{_child(path, key, False)}: {RESERVED_RULE}.")
+            elif kind not in _NUMBERS and isinstance(value, Mapping | list):
+                nested = nested or has_fields
+                stack.append((value, depth + 1, _child(path, key, in_list), has_fields))
                 continue
-            leaves += 1
+            else:
+                leaves += 1
+                if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+                    raise ma.ValidationError(f"{_child(path, key, in_list)} is longer than "
+                                             f"{MAX_STRING_LENGTH} characters.")
             if leaves > MAX_LEAVES:
                 raise ma.ValidationError(f"More than {MAX_LEAVES} values in one payload.")
-            if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
-                raise ma.ValidationError(
-                    f"{_child(path, key, in_list)} is longer than {MAX_STRING_LENGTH} characters.")
+    if dotted and nested:
+        _check_one_key_per_field(payload)
+
+
+def _check_one_key_per_field(payload: Mapping) -> None:
+    """{"a.b": 1, "a": {"b": 2}}: both are the field a.b, and one would silently replace
+    the other. Walked only for a payload with both a dotted key and nesting."""
+    seen: set[str] = set()
+    stack: list[tuple[Mapping, str]] = [(payload, "")]
+    while stack:
+        node, prefix = stack.pop()
+        for key, value in node.items():
+            kind = type(value)
+            if kind is float or kind is int:
+                field = f"{prefix}{key}"
+                if field in seen:
+                    raise ma.ValidationError(
+                        f"Two keys name the field {field} (a dotted key and nested objects "
+                        "spell the same path, and one value would replace the other); "
+                        "rename one of them.")
+                seen.add(field)
+            elif kind not in _NUMBERS and isinstance(value, Mapping):
+                stack.append((value, f"{prefix}{key}{SEPARATOR}"))
 
 
 def _child(path: str, key: str | int, in_list: bool) -> str:
@@ -133,6 +189,8 @@ class JobSubmitSchema(ma.Schema):
                               metadata={"description": "POSTed the finished job, signed"})
 
     csv_columns = ("event_type", "timestamp")
+    # VIGIL_MAX_EVENTS_PER_JOB bounds this list; api.parsing refuses a longer one unbuilt.
+    events_list = "events"
 
     @classmethod
     def from_csv(cls, rows: list[dict], query: Mapping[str, str]) -> dict:
@@ -148,6 +206,7 @@ class HistorySubmitSchema(ma.Schema):
                          validate=validate.Length(min=1, error="Send at least one event."))
 
     csv_columns = ("timestamp",)
+    events_list = "events"  # bounded as JobSubmitSchema's
 
     @classmethod
     def from_csv(cls, rows: list[dict], query: Mapping[str, str]) -> dict:
@@ -187,7 +246,7 @@ class WarningSchema(ma.Schema):
 
 
 class NoteSchema(ma.Schema):
-    code = fields.String(metadata={"description": "insufficient_history or no_model"})
+    code = fields.String(metadata={"description": "insufficient_history, no_model or model_error"})
     field = fields.String()
     message = fields.String()
     count = fields.Integer()
@@ -300,3 +359,27 @@ class WebhookRetrySchema(ma.Schema):
     message_id = fields.String()
     job_id = fields.String()
     status = fields.String()
+
+
+class WebhookSecretCreatedSchema(ma.Schema):
+    secret = fields.String(metadata={
+        "description": "whsec_<base64>: verify this tenant's deliveries with it. Shown once: "
+                       "no GET ever shows it again"})
+    created_at = fields.String()
+    previous_expires_at = fields.String(metadata={
+        "description": "when the secret this one replaced stops signing (both sign until then); "
+                       "absent for a tenant's first secret"})
+    overlap_seconds = fields.Integer(metadata={
+        "description": "how long a replaced secret keeps signing beside the new one"})
+    message = fields.String()
+
+
+class WebhookSecretInfoSchema(ma.Schema):
+    has_secret = fields.Boolean(metadata={
+        "description": "false: deliveries are signed with VIGIL_WEBHOOK_SECRET (one-tenant "
+                       "deployments only) or refused"})
+    created_at = fields.String(allow_none=True)
+    previous_signing = fields.Boolean(metadata={
+        "description": "the replaced secret still signs beside the current one"})
+    previous_expires_at = fields.String(allow_none=True)
+    overlap_seconds = fields.Integer()

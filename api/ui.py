@@ -4,6 +4,7 @@ flagged events and the latest jobs. Plots are drawn here with matplotlib; nothin
 Browsers cannot send a Bearer header, so /ui/login turns an API key into a signed session
 cookie (path /ui, HttpOnly, SameSite=Lax) holding the tenant and a tag of the key it was made
 from: removing that key from VIGIL_API_KEYS ends the session. A valid Bearer header works too.
+The login and logout forms carry a CSRF token kept in the session; logout is POST only.
 """
 
 from __future__ import annotations
@@ -13,13 +14,16 @@ import hmac
 import io
 import logging
 import os
+import secrets
 import threading
 from collections import Counter, OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import flask
+import redis
 from flask import Blueprint
+from flask.sessions import SecureCookieSessionInterface
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
@@ -28,7 +32,8 @@ from matplotlib.ticker import FuncFormatter
 from api.auth import tenant_for
 from api.jobs import results_csv_response
 from api.services import services
-from core.config import Settings, key_digest
+from core import keys
+from core.config import key_digest
 from tasks import store
 from tasks.documents import iso
 
@@ -56,21 +61,30 @@ CSP = ("default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-acti
 
 # --- configuration and auth -----------------------------------------------------------------
 
-def secret_key(settings: Settings, environ=os.environ) -> str:
-    """VIGIL_SECRET_KEY, else a key derived from the webhook secret: stable per deployment
-    (every API process and restart agrees), and never the webhook secret itself."""
+def secret_key(r: redis.Redis, environ=os.environ) -> str:
+    """VIGIL_SECRET_KEY, else a random key generated once and kept in Redis: the first API
+    process to ask stores it (SET NX), every other process and restart reads that one. Never
+    derived from a webhook secret: whoever can verify webhooks must not be able to sign a
+    session. Production may run without VIGIL_SECRET_KEY too; then Redis holds the key."""
     explicit = (environ.get("VIGIL_SECRET_KEY") or "").strip()
     if explicit:
         return explicit
-    return hmac.new(settings.webhook_secret.encode(), b"vigil/ui-session-key/v1",
-                    hashlib.sha256).hexdigest()
+    while True:  # loops only if the key is deleted between the two calls
+        if r.set(keys.ui_session_key(), secrets.token_hex(32), nx=True):
+            log.info("generated the /ui session key (VIGIL_SECRET_KEY is not set)")
+        stored = r.get(keys.ui_session_key())
+        if stored:
+            return stored.decode()
 
 
 @blp.record_once
 def _configure(state) -> None:
     app = state.app
-    if not app.secret_key:
-        app.secret_key = secret_key(app.extensions["vigil"].settings)
+    if not app.secret_key and (os.environ.get("VIGIL_SECRET_KEY") or "").strip():
+        app.secret_key = secret_key(app.extensions["vigil"].redis)
+    # Else the first /ui request reads it from Redis (_Sessions): starting the API never
+    # waits for Redis, and /ui answers 503 while Redis is unreachable, as /v1 does.
+    app.session_interface = _Sessions()
     app.config.update(
         SESSION_COOKIE_NAME="vigil_ui",
         SESSION_COOKIE_PATH="/ui",  # the API under /v1 never sees the cookie
@@ -78,6 +92,41 @@ def _configure(state) -> None:
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
     )
+
+
+class _Sessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, their key (secret_key()) read from Redis by the first
+    /ui request rather than at start. Other paths never open a session."""
+
+    def open_session(self, app: flask.Flask, request: flask.Request):
+        if not app.secret_key and request.path.startswith(blp.url_prefix):
+            try:
+                app.secret_key = secret_key(app.extensions["vigil"].redis)
+            except redis.RedisError:
+                log.warning("the /ui session key could not be read from Redis", exc_info=True)
+                return None  # a null session; _require_session_key answers 503
+        return super().open_session(app, request)
+
+
+@blp.before_request
+def _require_session_key() -> None:
+    if not flask.current_app.secret_key:
+        # Redis was unreachable as the session opened: answered as any outage (503, Retry-After).
+        raise redis.ConnectionError("the /ui session key could not be read from Redis")
+
+
+def csrf_token() -> str:
+    """The session's CSRF token, made on first use. The login and logout forms carry it; a
+    form posted from another site cannot, since it can neither read this page nor the cookie."""
+    token = flask.session.get("csrf")
+    if not isinstance(token, str):
+        token = flask.session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+def _csrf_ok() -> bool:
+    sent, expected = flask.request.form.get("csrf_token", ""), flask.session.get("csrf")
+    return isinstance(expected, str) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
 def _key_tag(digest: str) -> str:
@@ -120,11 +169,15 @@ def _headers(response: flask.Response) -> flask.Response:
 
 def _login_page(error: str | None = None, status: int = 200):
     headers = {"WWW-Authenticate": 'Bearer realm="vigil"'} if status == 401 else {}
-    return flask.render_template("ui.html", login=True, error=error), status, headers
+    return (flask.render_template("ui.html", login=True, error=error, csrf=csrf_token()),
+            status, headers)
 
 
 @blp.post("/login")
 def login():
+    if not _csrf_ok():  # a login form posted from another site, or a page from before a restart
+        return _login_page("This sign-in form expired or did not come from this page; "
+                           "sign in again below.", 400)
     key = flask.request.form.get("api_key", "").strip()
     api_keys = dict(services().settings.api_keys)
     tenant = tenant_for(f"Bearer {key}", api_keys) if 0 < len(key) <= MAX_KEY_CHARS else None
@@ -132,12 +185,17 @@ def login():
         return _login_page("That API key is not valid.", 401)
     flask.session.clear()
     flask.session.permanent = True
-    flask.session.update(tenant=tenant, key=_key_tag(key_digest(key)))
+    # A fresh CSRF token too: the signed-in session shares nothing with the one before.
+    flask.session.update(tenant=tenant, key=_key_tag(key_digest(key)),
+                         csrf=secrets.token_urlsafe(32))
     return flask.redirect(flask.url_for("ui.index"), 303)
 
 
-@blp.route("/logout", methods=["GET", "POST"])
+@blp.post("/logout")  # POST only: a link or an image on another site cannot sign anyone out
 def logout():
+    if not _csrf_ok():
+        flask.abort(400, description="The sign-out form did not come from this page (its CSRF "
+                                     "token is missing or wrong); reload /ui and sign out there.")
     flask.session.clear()
     return flask.redirect(flask.url_for("ui.index"), 303)
 
@@ -194,12 +252,13 @@ def index():
     sections = [_type_section(r, tenant, t, accepted.get(t, 0), invalid.get(t, 0)) for t in shown]
     jobs = [job for job in (store.get_job(r, tenant, job_id)
                             for job_id in store.recent_job_ids(r, tenant, MAX_JOBS)) if job]
+    session_login = not flask.request.headers.get("Authorization")
     return flask.render_template(
         "ui.html", login=False, tenant=tenant, sections=sections, chosen=chosen if chosen in
         activity else "", choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
         max_types=MAX_TYPES, z=services().settings.z_threshold,
         jobs=[_job_row(job) for job in jobs], band=BAND, flagged_colour=FLAGGED,
-        session_login=not flask.request.headers.get("Authorization"))
+        session_login=session_login, csrf=csrf_token() if session_login else None)
 
 
 # --- plots -------------------------------------------------------------------------------------

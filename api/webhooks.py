@@ -1,4 +1,5 @@
-"""Webhooks that finally failed: list them, send them again."""
+"""Webhooks: the tenant's signing secret (create, rotate, end an overlap), and deliveries that
+finally failed (list them, send them again)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,63 @@ from flask_smorest import Blueprint, abort
 from api.auth import require_tenant
 from api.jobs import load_job
 from api.ratelimit import limit_rate
-from api.schemas import FailedWebhookListSchema, WebhookRetrySchema
+from api.schemas import (
+    FailedWebhookListSchema,
+    WebhookRetrySchema,
+    WebhookSecretCreatedSchema,
+    WebhookSecretInfoSchema,
+)
 from api.services import services
-from tasks import store
+from tasks import store, webhook_secrets
 from tasks.documents import iso
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks",
-                description="Deliveries that failed after their last attempt.")
+                description="Each tenant's webhook signing secret; deliveries that failed after "
+                            "their last attempt.")
 blp.before_request(require_tenant)
 blp.before_request(limit_rate)
+
+
+@blp.route("/secret")
+class WebhookSecret(MethodView):
+    @blp.response(200, WebhookSecretInfoSchema)
+    def get(self):
+        """Whether the tenant has a webhook secret, since when, and whether a replaced one still
+        signs: never the secret itself"""
+        info = webhook_secrets.metadata(services().redis, flask.g.tenant, store.now())
+        return {**info, "created_at": iso(info["created_at"]),
+                "previous_expires_at": iso(info["previous_expires_at"]),
+                "overlap_seconds": webhook_secrets.OVERLAP_S}
+
+    @blp.response(201, WebhookSecretCreatedSchema)
+    def post(self):
+        """Create the tenant's webhook secret, or rotate it: the answer shows the new secret
+        once. A replaced secret keeps signing beside the new one for 24 h (or until DELETE
+        /v1/webhooks/secret/previous)"""
+        rotation = webhook_secrets.rotate(services().redis, flask.g.tenant, store.now())
+        answer = {"secret": rotation.secret, "created_at": iso(rotation.created_at),
+                  "overlap_seconds": webhook_secrets.OVERLAP_S}
+        hours = webhook_secrets.OVERLAP_S / 3600
+        if rotation.previous_expires_at is None:
+            answer["message"] = ("Store this secret now: it is not shown again. Every delivery "
+                                 "for this tenant is signed with it from now on.")
+        else:
+            answer["previous_expires_at"] = iso(rotation.previous_expires_at)
+            answer["message"] = (f"Store this secret now: it is not shown again. For {hours:g} h "
+                                 "deliveries carry both signatures, the replaced secret's and this "
+                                 "one's; move your receivers to this one, then end the overlap "
+                                 "early with DELETE /v1/webhooks/secret/previous if you like.")
+        return answer, 201, {"Cache-Control": "no-store"}
+
+
+@blp.route("/secret/previous")
+class PreviousWebhookSecret(MethodView):
+    @blp.response(204)
+    def delete(self):
+        """Stop signing with the replaced secret now, before its overlap ends (204 also when
+        none was signing)"""
+        webhook_secrets.end_overlap(services().redis, flask.g.tenant)
+        return ""
 
 
 @blp.route("/failed")

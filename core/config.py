@@ -17,6 +17,9 @@ DEV_WEBHOOK_SECRET = "whsec_dmlnaWwtZGV2ZWxvcG1lbnQtd2ViaG9vay1zZWNyZXQ="
 
 
 EVENTS_QUEUE = "events"
+# Webhook deliveries wait on receivers (I/O, up to VIGIL_WEBHOOK_TIMEOUT per attempt): on their
+# own queue and worker, so a slow receiver never holds a worker that judges events.
+WEBHOOKS_QUEUE = "webhooks"
 # Beat hands out webhook retries due later than a Celery countdown may wait, this often.
 WEBHOOK_SWEEP_S = 5.0
 # How often beat returns lapsed single-event claims to the inbox (tasks.micro_batch).
@@ -33,9 +36,11 @@ class ConfigError(ValueError):
 def _parse_api_keys(raw: str) -> dict[str, str]:
     """``"tenant:key,tenant2:key2"`` -> {sha256(key): tenant}.
 
-    Keys are kept only as digests so a lookup compares digests, never raw secrets.
+    Keys are kept only as digests so a lookup compares digests, never raw secrets. A key given
+    twice is refused: the later entry would silently take it over (alice's key signing in as bob).
     """
     tenants: dict[str, str] = {}
+    entry_of: dict[str, int] = {}  # digest -> its entry's number, to name a duplicate
     for index, item in enumerate(filter(None, (part.strip() for part in raw.split(",")))):
         tenant, sep, key = item.partition(":")
         if not sep or not tenant.strip() or not key.strip():
@@ -45,7 +50,14 @@ def _parse_api_keys(raw: str) -> dict[str, str]:
         if not TENANT_NAME.fullmatch(tenant):
             # Tenant names are part of Redis key names (core.keys): no ':' or spaces.
             raise ConfigError(f"VIGIL_API_KEYS tenant {tenant!r} must match {TENANT_NAME.pattern}")
-        tenants[key_digest(key.strip())] = tenant
+        digest = key_digest(key.strip())
+        if digest in tenants:
+            # Named by position and tenant, never by the key itself.
+            raise ConfigError(
+                f"VIGIL_API_KEYS entries #{entry_of[digest]} (tenant {tenants[digest]!r}) and "
+                f"#{index + 1} (tenant {tenant!r}) have the same key; give every entry a key "
+                "of its own")
+        tenants[digest], entry_of[digest] = tenant, index + 1
     return tenants
 
 
@@ -153,6 +165,12 @@ class Settings:
         return tuple(self.webhook_secret.replace(",", " ").split())
 
     @property
+    def single_tenant(self) -> bool:
+        """One tenant only: VIGIL_WEBHOOK_SECRET may then sign its webhooks (tasks.webhook_secrets);
+        with several, each signs with its own."""
+        return len(set(self.api_keys.values())) == 1
+
+    @property
     def using_dev_key(self) -> bool:
         return key_digest(DEV_API_KEY) in self.api_keys
 
@@ -219,7 +237,7 @@ class Settings:
                 raise ConfigError(
                     "VIGIL_ENV=production refuses the development API key: set VIGIL_API_KEYS"
                 )
-            if DEV_WEBHOOK_SECRET in self.webhook_secrets:
+            if self.single_tenant and DEV_WEBHOOK_SECRET in self.webhook_secrets:
                 raise ConfigError(
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
@@ -281,7 +299,9 @@ class Settings:
             # the worker draining it go to their own queue, so a long batch job on the
             # default queue never holds them back.
             "task_routes": {"vigil.validate_events": {"queue": EVENTS_QUEUE},
-                            "vigil.sweep_events": {"queue": EVENTS_QUEUE}},
+                            "vigil.sweep_events": {"queue": EVENTS_QUEUE},
+                            "vigil.deliver_webhook": {"queue": WEBHOOKS_QUEUE},
+                            "vigil.send_due_webhooks": {"queue": WEBHOOKS_QUEUE}},
             "worker_send_task_events": True,
             # No task-sent events: one more broker write per submission (~1 ms of API CPU);
             # Flower still sees every task from 'received' on.

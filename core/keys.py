@@ -126,3 +126,15 @@ def events_claimed() -> str:
     """Sorted set: '<tenant>:<job id>' taken from the inbox by a worker, scored by when the
     claim lapses (a worker that died leaves them here; the sweep puts them back)."""
     return f"{PREFIX}:events-claimed"
+
+
+def ui_session_key() -> str:
+    """String (no expiry): the random key that signs /ui session cookies when VIGIL_SECRET_KEY
+    is not set; written once (SET NX), so every API process and restart signs alike."""
+    return f"{PREFIX}:ui-session-key"
+
+
+def webhook_secrets(tenant: str) -> str:
+    """Hash: the tenant's webhook signing secrets (tasks/webhook_secrets.py): current,
+    created_at, and while a rotation overlaps, previous and previous_expires_at."""
+    return f"{PREFIX}:{tenant}:webhook-secrets"

@@ -142,16 +142,18 @@ def check_callback_url(url: str, allow_private: bool | Iterable[str | IPNetwork]
 
 
 class _PinnedBackend(httpcore.SyncBackend):
-    """Connects to the given addresses, whatever host the connection pool asks for."""
+    """Connects to the given addresses, whatever host the connection pool asks for, through
+    ``inner`` (the plain socket backend unless a caller adds, say, a deadline)."""
 
-    def __init__(self, addresses: list[str]):
+    def __init__(self, addresses: list[str], inner: httpcore.NetworkBackend | None = None):
         self.addresses = addresses
+        self.inner = inner or httpcore.SyncBackend()
 
     def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
         error: Exception | None = None
         for address in self.addresses:
             try:
-                return super().connect_tcp(address, port, timeout, local_address, socket_options)
+                return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
         raise error or httpcore.ConnectError("no address to connect to")
@@ -164,8 +166,8 @@ class PinnedTransport(httpx.HTTPTransport):
     certificate must match, so HTTPS to a pinned address is verified as usual.
     """
 
-    def __init__(self, addresses: list[str]):
+    def __init__(self, addresses: list[str], network_backend: httpcore.NetworkBackend | None = None):
         super().__init__(trust_env=False)
         self._pool = httpcore.ConnectionPool(
             ssl_context=ssl.create_default_context(cafile=certifi.where()),
-            max_connections=1, network_backend=_PinnedBackend(addresses))
+            max_connections=1, network_backend=_PinnedBackend(addresses, network_backend))

@@ -43,9 +43,11 @@ def payload_frame(payloads: Sequence[Mapping]) -> pd.DataFrame:
     return frame.astype(float)
 
 
-# Derived features get an '@' prefix: payload keys are the user's, these are Vigil's.
-TIME_OF_DAY = ("@time_of_day.sin", "@time_of_day.cos")
-DELTA_PREFIX = "@delta."
+# Derived features get an '@' prefix: payload keys are the user's, these are Vigil's (the
+# API refuses payload fields whose path starts with it, so the two never collide).
+DERIVED_PREFIX = "@"
+TIME_OF_DAY = (f"{DERIVED_PREFIX}time_of_day.sin", f"{DERIVED_PREFIX}time_of_day.cos")
+DELTA_PREFIX = f"{DERIVED_PREFIX}delta."
 SECONDS_PER_DAY = 86_400
 
 

@@ -32,6 +32,7 @@ from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
 from core.localredis import free_port, redis_answers, start_redis
 from core.server import listen_queue_limit, uwsgi_command
 from tasks import WORKER_ARGS
+from tasks.webhook_secrets import bootstrap_allowed
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -279,11 +280,15 @@ def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
                      "set VIGIL_API_KEYS for anything else")
     else:
         lines.append("  API keys   from VIGIL_API_KEYS")
-    if DEV_WEBHOOK_SECRET in settings.webhook_secrets:
+    create = "`vigil webhook-secret` (POST /v1/webhooks/secret)"
+    if not bootstrap_allowed(settings):  # several tenants: never one secret for all
+        lines.append(f"  Webhooks   signed with each tenant's own secret; create it: {create}")
+    elif DEV_WEBHOOK_SECRET in settings.webhook_secrets:
         lines.append(f"  Webhooks   signed with the development secret {DEV_WEBHOOK_SECRET} "
-                     "-- set VIGIL_WEBHOOK_SECRET for anything else")
+                     f"until the tenant creates its own: {create}")
     else:
-        lines.append("  Webhooks   signed with the secret from VIGIL_WEBHOOK_SECRET")
+        lines.append("  Webhooks   signed with the secret from VIGIL_WEBHOOK_SECRET until the "
+                     f"tenant creates its own: {create}")
     lines += [
         "",
         "Try it:",

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from celery import Celery
 
-from core.config import EVENTS_QUEUE, Settings
+from core.config import EVENTS_QUEUE, WEBHOOKS_QUEUE, Settings
 
 TASK_MODULES = ["tasks.validate", "tasks.micro_batch", "tasks.history", "tasks.models", "tasks.webhooks"]
 
 
-# The two kinds of worker (`make run` and the tests use these; docker-compose.yml spells
+# The three kinds of worker (`make run` and the tests use these; docker-compose.yml spells
 # them out), each taking one message at a time: jobs on the default queue; on the events
 # queue, the tasks that drain the single-event inbox (tasks.micro_batch), so single events
-# never wait behind a 10,000-event job.
+# never wait behind a 10,000-event job; on the webhooks queue, deliveries, so a slow receiver
+# never holds a worker that judges. Delivery waits on the network, not the CPU: threads, each
+# attempt bounded by its own deadline (tasks.webhooks; Celery's time limits need prefork).
 WORKER_ARGS = {
     "worker": ["-Q", "celery", "--concurrency", "2", "--prefetch-multiplier", "1"],
     "events": ["-Q", EVENTS_QUEUE, "--concurrency", "1", "--prefetch-multiplier", "1"],
+    "webhooks": ["-Q", WEBHOOKS_QUEUE, "--pool", "threads", "--concurrency", "4",
+                 "--prefetch-multiplier", "1"],
 }
 
 

@@ -31,7 +31,16 @@ def died_too_often(deliveries: int) -> str:
 
 
 class JobError(Exception):
-    """A job cannot succeed; the message is shown to the client as the job's error."""
+    """A job cannot succeed; the message is shown to the client as the job's error.
+
+    summary, results: what the job did before it failed, when that changed anything (the
+    verdicts of the events it merged): recorded with the failure, so a client knows them.
+    """
+
+    def __init__(self, message: str, *, summary: dict | None = None,
+                 results: list | None = None):
+        super().__init__(message)
+        self.summary, self.results = summary, results
 
 
 Work = Callable[[redis.Redis, Settings, str, dict[str, Any]], tuple[dict, list | None]]
@@ -59,7 +68,7 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
         except redis.RedisError:
             raise
         except JobError as exc:
-            status, summary, results, error = store.FAILED, None, None, str(exc)
+            status, summary, results, error = store.FAILED, exc.summary, exc.results, str(exc)
         except Exception as exc:
             log.exception("job failed", extra={"tenant": tenant, "job_id": job_id})
             status, summary, results = store.FAILED, None, None

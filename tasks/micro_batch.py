@@ -86,11 +86,21 @@ def sweep_events() -> None:
         validate_events.delay()
 
 
+def outcome(results: list[dict], error: str | None) -> tuple:
+    """A job's (status, summary, results, error) for store.finish_jobs. A failed job reports
+    the verdicts of the events it merged, if any (a single event's: none)."""
+    if error is None:
+        return store.SUCCEEDED, summarise(results), results, None
+    return store.FAILED, summarise(results) if results else None, results or None, error
+
+
 def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
     """Start, judge and finish a micro-batch of one tenant's jobs.
 
     Claims are dropped only after this returns, so a Redis outage is waited out step by step
-    (through_outages) rather than abandoning the jobs half-done.
+    (through_outages) rather than abandoning the jobs half-done. Events of a type that cannot
+    be judged fail their own jobs only (tasks.validate.judge_jobs): the other jobs, merged,
+    succeed.
     """
     cfg = settings()
     deliveries = through_outages(partial(store.start_jobs, r, tenant, job_ids), "start jobs")
@@ -102,15 +112,17 @@ def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
         events = dict(zip(runnable, through_outages(
             partial(store.get_many_events, r, tenant, runnable), "load events")))
         try:
-            results = through_outages(partial(judge_jobs, r, cfg, tenant, events), "judge")
-            outcomes.update({j: (store.SUCCEEDED, summarise(res), res, None)
-                             for j, res in results.items()})
+            judged = through_outages(partial(judge_jobs, r, cfg, tenant, events), "judge")
         except redis.RedisError:
             raise
         except Exception as exc:
+            # judge_jobs fails only the jobs of a type it cannot judge, before merging them;
+            # this is for a failure outside any type's judging.
             log.exception("micro-batch failed", extra={"tenant": tenant, "jobs": len(runnable)})
             outcomes.update({j: (store.FAILED, None, None, f"{type(exc).__name__}: {exc}")
                              for j in runnable})
+        else:
+            outcomes.update({j: outcome(res, judged.failed.get(j)) for j, res in judged.items()})
     finished = through_outages(partial(store.finish_jobs, r, cfg, tenant, outcomes), "finish")
     metrics.record_jobs("validate", outcomes, finished)
     for job_id in store.callback_urls(r, tenant, finished):

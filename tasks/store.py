@@ -73,6 +73,12 @@ class OverRateLimit(Exception):
     """The request counted made its tenant exceed VIGIL_RATE_LIMIT; nothing was stored."""
 
 
+def new_job_id() -> str:
+    """A job id, chosen before the job is stored: a retry under the same id after a lost reply
+    finds the job rather than storing it twice (_CREATE)."""
+    return uuid.uuid4().hex
+
+
 def _current_window(tenant: str) -> str:
     return keys.rate_window(tenant, int(time.time()))
 
@@ -89,7 +95,11 @@ def count_request(r: redis.Redis, tenant: str) -> int:
 # request in the tenant's window (KEYS[5]) and stores nothing over the limit (-1). One script
 # call rather than a MULTI of seven commands, or a second round trip for the rate limit: the
 # API's hot path pays redis-py's cost per command.
+# Idempotent per job id (chosen by the caller before the call): if the job exists, the call
+# is a retry of one whose reply was lost, and it only says so (-2): no second inbox entry,
+# rate count or place among the recent jobs.
 _CREATE = _COUNTED + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
 local limit = tonumber(ARGV[6])
 if limit > 0 and counted(KEYS[5], ARGV[7]) > limit then return -1 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 8))
@@ -104,30 +114,40 @@ return 0
 
 def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
                events: Sequence[Mapping] = (), event_type: str | None = None,
-               callback_url: str | None = None, rate_limit: int = 0) -> str:
+               callback_url: str | None = None, rate_limit: int = 0,
+               job_id: str | None = None) -> str:
     """Store a queued job and its events; the caller enqueues the task that runs it.
 
     rate_limit > 0: count the request against it first; over it, raise OverRateLimit.
+    job_id: the id to store it under (new_job_id()); if that job exists already (this is a
+    retry after a lost reply), nothing is stored again. The caller enqueues either way: the
+    first call, whose reply was lost, enqueued nothing.
     """
     return _create(r, settings, tenant, kind=kind, events=events, event_type=event_type,
-                   callback_url=callback_url, rate_limit=rate_limit)[0]
+                   callback_url=callback_url, rate_limit=rate_limit, job_id=job_id)[0]
 
 
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
-                     event: Mapping, rate_limit: int = 0) -> tuple[str, bool]:
+                     event: Mapping, rate_limit: int = 0,
+                     job_id: str | None = None) -> tuple[str, bool]:
     """Store a single-event job and append it to the events inbox (tasks.inbox), in one
     step. Returns its id and whether the inbox was empty (the caller must then wake the
-    events worker). rate_limit as create_job's."""
+    events worker). rate_limit and job_id as create_job's: a retry that finds the job asks
+    for a wake too, as the first call may have found the inbox empty and woken nobody."""
     job_id, inbox_length = _create(r, settings, tenant, kind="validate", events=[event],
-                                   to_inbox=True, rate_limit=rate_limit)
-    return job_id, inbox_length == 1
+                                   to_inbox=True, rate_limit=rate_limit, job_id=job_id)
+    return job_id, inbox_length in (1, ALREADY_STORED)
+
+
+# What _CREATE answers for a job that exists already (a retry after a lost reply).
+ALREADY_STORED = -2
 
 
 def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             events: Sequence[Mapping], event_type: str | None = None,
             callback_url: str | None = None, to_inbox: bool = False,
-            rate_limit: int = 0) -> tuple[str, int]:
-    job_id = uuid.uuid4().hex
+            rate_limit: int = 0, job_id: str | None = None) -> tuple[str, int]:
+    job_id = job_id or new_job_id()
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
               "attempts": 0, "created_at": now()}
     if event_type:
@@ -141,7 +161,7 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
               job_id, inbox.entry(tenant, job_id) if to_inbox else "",
               rate_limit, RATE_WINDOW_TTL_S,
               *(x for pair in fields.items() for x in pair)]))
-    if inbox_length < 0:
+    if inbox_length == -1:
         raise OverRateLimit(tenant)
     return job_id, inbox_length
 
@@ -389,39 +409,69 @@ for k = 11, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
 local history_max = tonumber(ARGV[2])
 local sqrt = math.sqrt
 local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local function triple(raw)
-  local a, b, c = string.match(raw, '([^,]+),([^,]+),([^,]+)')
-  return tonumber(a), tonumber(b), tonumber(c)
+-- All-time moments as 'n,ref,offset,m2': the mean is ref + offset (ml.stats.Moments), kept
+-- as the rounded mean and its rounding error, so merges work on small offsets and keep
+-- full precision for values far from zero. Stored before that as 'n,mean,m2' (offset 0).
+local huge = math.huge
+local function finite(x) return x == x and x < huge and x > -huge end
+local function moments(raw)
+  local a, b, c, d = string.match(raw, '^([^,]+),([^,]+),([^,]+),?([^,]*)$')
+  if d == '' then return tonumber(a), tonumber(b), 0, tonumber(c) end
+  return tonumber(a), tonumber(b), tonumber(c), tonumber(d)
+end
+-- ref + off as the nearest float and its exact rounding error (TwoSum): the new reference
+-- is the rounded mean, the offset keeps what rounding lost.
+local function rebased(ref, off)
+  local s = ref + off
+  local bb = s - ref
+  return s, (ref - (s - bb)) + (off - bb)
 end
 local n_fields = tonumber(ARGV[11])
 local i = 12
 for _ = 1, n_fields do
   local field = ARGV[i]
-  local n, mean, m2 = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  i = i + 4
+  local n, ref, off, m2 = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
+                          tonumber(ARGV[i + 4])
+  i = i + 5
   local current = redis.call('HGET', KEYS[2], field)
   if current then
-    local na, ma, qa = triple(current)
-    local total = na + n
-    local delta = mean - ma
-    mean = ma + delta * n / total
-    m2 = qa + m2 + delta * delta * na * n / total
-    n = total
+    local na, ka, oa, qa = moments(current)
+    -- A baseline made inf or nan before values were bounded starts over from this batch.
+    if finite(ka) and finite(oa) and finite(qa) then
+      local total = na + n
+      -- The batch's mean about the stored reference (close references: exact difference);
+      -- delta * (delta * w) with w <= min(na, n): nothing larger than the result.
+      local delta = ((ref - ka) + off) - oa
+      off = oa + delta * (n / total)
+      m2 = qa + m2 + delta * (delta * (na * n / total))
+      ref, n = ka, total
+    end
   end
-  redis.call('HSET', KEYS[2], field, string.format('%d,%.17g,%.17g', n, mean, m2))
+  ref, off = rebased(ref, off)
+  -- Never store a non-finite result: the field keeps its moments (values are bounded by
+  -- MAX_MAGNITUDE before they get here, so this guards, it does not happen).
+  if finite(ref) and finite(off) and finite(m2) then
+    redis.call('HSET', KEYS[2], field, string.format('%d,%.17g,%.17g,%.17g', n, ref, off, m2))
+  end
 end
 -- Recent baselines: every value in time order, clipped to mean +/- clip*std once warm.
 -- The weight is 1/n until that falls below alpha (a plain mean while young, so the first
 -- value does not dominate), then alpha (forgetting with the configured half-life).
+-- Stored as 'n,ref,mean,var' like the all-time moments: the loop works on values about ref
+-- (the rounded mean), mean being their offset from it, so a field far from zero (1e13 +/- 1)
+-- keeps its precision; 'n,mean,var' as stored before reads as ref = mean.
 for field, values in pairs(cjson.decode(ARGV[8])) do
-  local n, mean, var = 0, 0, 0
+  local n, ref, mean, var = 0, values[1], 0, 0
   local current = redis.call('HGET', KEYS[7], field)
-  if current then n, mean, var = triple(current) end
+  if current then n, ref, mean, var = moments(current) end
+  if not (finite(ref) and finite(mean) and finite(var)) then  -- made inf or nan before
+    n, ref, mean, var = 0, values[1], 0, 0                    -- values were bounded
+  end
   -- The loop that costs: about half the script's time for a 1,000-event chunk. A local
   -- sqrt and no math.max call took about a sixth off the whole script (four alternating
   -- runs: 11-30%), with the same figures to the bit.
   for k = 1, #values do
-    local x = values[k]
+    local x = values[k] - ref
     if n >= warm then
       local band = clip * sqrt(var)
       if x > mean + band then x = mean + band elseif x < mean - band then x = mean - band end
@@ -433,7 +483,10 @@ for field, values in pairs(cjson.decode(ARGV[8])) do
     mean = mean + w * d
     var = (1 - w) * (var + w * d * d)
   end
-  redis.call('HSET', KEYS[7], field, string.format('%d,%.17g,%.17g', n, mean, var))
+  ref, mean = rebased(ref, mean)
+  if finite(ref) and finite(mean) and finite(var) then  -- as the all-time moments
+    redis.call('HSET', KEYS[7], field, string.format('%d,%.17g,%.17g,%.17g', n, ref, mean, var))
+  end
   redis.call('HSET', KEYS[8], field, string.format('%.17g', values[#values]))
 end
 local rows = #ARGV - i + 1
@@ -495,15 +548,19 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
                        recent_json, dumps(list(flagged)) if flagged else "[]",
                        FLAGGED_KEPT, len(moments)]
     for field, m in moments.items():
-        args += [field, m.n, repr(m.mean), repr(m.m2)]
+        args += [field, m.n, repr(float(m.ref)), repr(float(m.offset)), repr(float(m.m2))]
     args += [dumps(row) for row in rows]
     # register_script: EVALSHA, so a pipeline of many batches sends the script once.
     return bool(r.register_script(_APPLY_BATCH)(keys=script_keys, args=args))
 
 
 def _parse_moments(raw: bytes) -> Moments:
-    n, mean, m2 = raw.decode().split(",")
-    return Moments(int(n), float(mean), float(m2))
+    """'n,ref,offset,m2' as _APPLY_BATCH stores it, or 'n,mean,m2' as stored before."""
+    parts = raw.decode().split(",")
+    if len(parts) == 3:
+        return Moments(int(parts[0]), float(parts[1]), float(parts[2]))
+    n, ref, offset, m2 = parts
+    return Moments.about(int(n), float(ref), float(offset), float(m2))
 
 
 def load_baseline(r: redis.Redis, tenant: str, event_type: str,
@@ -526,8 +583,11 @@ def load_recent(r: redis.Redis, tenant: str, event_type: str,
     found = {}
     for field, raw in zip(fields, r.hmget(keys.recent_baseline(tenant, event_type), list(fields))):
         if raw is not None:
-            n, mean, var = raw.decode().split(",")
-            found[field] = Moments(int(n), float(mean), float(var) * int(n))
+            # 'n,ref,offset,var' (the mean is ref + offset), or 'n,mean,var' as stored before.
+            n, *mean, var = raw.decode().split(",")
+            found[field] = Moments.about(int(n), float(mean[0]),
+                                         float(mean[1]) if len(mean) > 1 else 0.0,
+                                         float(var) * int(n))
     return found
 
 

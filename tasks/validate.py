@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -14,13 +15,15 @@ import redis
 from celery import shared_task
 
 from core.config import Settings
-from ml.anomaly import robust_moments
+from ml.anomaly import AnomalyModel, robust_moments
 from ml.features import model_frame, payload_frame
 from ml.stats import Moments, column_moments
 from tasks import store
-from tasks.lifecycle import JOB_TASK_OPTIONS, run_job
+from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import current_model, schedule_training, wants_training
 from tasks.verdicts import Judge, judge_events
+
+log = logging.getLogger(__name__)
 
 # Events judged and merged per step: bounds memory and shows progress on large jobs.
 CHUNK = 1000
@@ -51,41 +54,100 @@ def snapshot(baseline: dict[str, Moments], recent: dict[str, Moments]) -> dict[s
             for f, m in baseline.items()}
 
 
+class Verdicts(dict[str, list[dict]]):
+    """What judge_jobs answers: per job, the verdicts of its events that were judged and
+    merged, in index order (every event, unless the job failed); ``failed``: per job that
+    could not be judged whole, its error, naming the events that were not judged."""
+
+    def __init__(self, results: dict[str, list[dict]], failed: dict[str, str]):
+        super().__init__(results)
+        self.failed = failed
+
+
 def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[dict]],
-               on_progress: Callable[[int], None] | None = None) -> dict[str, list[dict]]:
+               on_progress: Callable[[int], None] | None = None) -> Verdicts:
     """Verdicts for the events of one or many jobs of a tenant, vectorised per event type.
 
     Events of all the jobs are judged together (one z-score pass and one model call per
     type and chunk), then merged into the baselines per job, so each job's batch is
     counted once however the jobs were grouped. A redelivered job reuses the verdicts of
     the chunks it merged before its worker died, so what it reports is what moved the
-    baselines. Returns the results of each job.
+    baselines. A chunk that cannot be judged fails only the jobs with events in it (nothing
+    of the chunk was merged), and their later events are not judged: every other job goes
+    on, and a failed job still reports the events it merged (a job's event is either merged
+    and reported, or neither, so a client resends only what was not).
     """
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     entries = [(job_id, i, event) for job_id, events in jobs.items()
                for i, event in enumerate(events)]
     results: dict[str, list[dict]] = {job_id: [{} for _ in events]
                                       for job_id, events in jobs.items()}
+    errors: dict[str, Exception] = {}
     done = 0
     for event_type, chunks in chunks_by_type(entries):
         for chunk in chunks:
             batches = batch_ids(chunk, event_type)
             merged_before = store.partial_results(r, tenant, batches)
-            todo = [entry for entry in chunk if entry[0] not in merged_before]
+            todo = [entry for entry in chunk
+                    if entry[0] not in merged_before and entry[0] not in errors]
             if todo:
-                judged = judge_chunk(r, cfg, tenant, event_type, todo, rules)
-                merge_per_job(r, cfg, tenant, event_type, todo, judged, batches)
-                for (job_id, i, _), result in zip(todo, judged.results):
-                    results[job_id][i] = result
+                try:
+                    judged = judge_chunk(r, cfg, tenant, event_type, todo, rules)
+                    merge_per_job(r, cfg, tenant, event_type, todo, judged, batches)
+                except redis.RedisError:
+                    raise  # waited out by the caller (through_outages); merges are idempotent
+                except Exception as exc:
+                    log.exception("events could not be judged; their jobs fail",
+                                  extra={"tenant": tenant, "event_type": event_type,
+                                         "events": len(todo)})
+                    errors.update({job_id: exc for job_id, _, _ in todo if job_id not in errors})
+                else:
+                    for (job_id, i, _), result in zip(todo, judged.results):
+                        results[job_id][i] = result
             for job_id, earlier in merged_before.items():
                 for result in earlier:
                     results[job_id][result["index"]] = result
             done += len(chunk)
             if on_progress:
                 on_progress(done)
+        train_if_due(r, cfg, tenant, event_type)
+    return Verdicts({job_id: [x for x in verdicts if x] if job_id in errors else verdicts
+                     for job_id, verdicts in results.items()},
+                    {job_id: not_judged(results[job_id], exc) for job_id, exc in errors.items()})
+
+
+def not_judged(verdicts: list[dict], exc: Exception) -> str:
+    """The error of a job some of whose events could not be judged (``verdicts``: {} for
+    each of those): which ones, and that only they need resending."""
+    missing = [i for i, verdict in enumerate(verdicts) if not verdict]
+    spans: list[list[int]] = []
+    for i in missing:
+        if spans and spans[-1][1] == i - 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    where = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+    merged = len(verdicts) - len(missing)
+    if not merged:
+        return (f"the job's events could not be judged ({type(exc).__name__}: {exc}); none "
+                "of them was merged into the baselines: resend the whole job.")
+    return (f"{len(missing)} of {len(verdicts)} events could not be judged "
+            f"({type(exc).__name__}: {exc}): the events at index {where} were not judged and "
+            f"did not move the baselines; resend only those. `results` holds the verdicts of "
+            f"the {merged} events that were judged and merged.")
+
+
+def train_if_due(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> None:
+    """Schedule training if due. After events were merged: a failure here (the broker away)
+    must not fail the jobs whose events were merged; beat's retrain_due tries again."""
+    try:
         if wants_training(r, cfg, tenant, event_type):
             schedule_training(r, cfg, tenant, event_type)
-    return results
+    except redis.RedisError:
+        raise  # waited out by the caller, which finds every chunk merged
+    except Exception:
+        log.warning("training not scheduled; beat's retrain_due will",
+                    exc_info=True, extra={"tenant": tenant, "event_type": event_type})
 
 
 def chunks_by_type(entries: Sequence[tuple[str, int, dict]]
@@ -109,6 +171,47 @@ def batch_ids(chunk: list[tuple[str, int, dict]], event_type: str) -> dict[str, 
 
 
 @dataclass
+class ModelInput:
+    """The anomaly model a chunk is scored with, and what it scores (none: no model yet, or
+    ``error`` says why the model at ``version`` could not be loaded or prepared)."""
+    version: int | None = None
+    model: AnomalyModel | None = None
+    input: pd.DataFrame | None = None
+    robust: dict[str, Moments] | None = None
+    error: Exception | None = None
+
+
+def prepare_model(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
+                  values: pd.DataFrame, timestamps: list[float]) -> ModelInput:
+    """The current model with its input for these events. A model that cannot be loaded or
+    prepared (a corrupt blob, a payload key clashing with a derived feature) fails nothing:
+    judge_events judges by the z-check alone and notes why (a Redis outage is waited out)."""
+    version = None
+    try:
+        found = current_model(r, cfg.redis_url, tenant, event_type)
+        if found is None:
+            return ModelInput()
+        version, model = found
+        fields = list(values.columns)
+        prepared = ModelInput(version, model, model_frame(
+            values, timestamps, store.load_last_values(r, tenant, event_type, fields),
+            cfg.derived_features))
+        if cfg.baseline_mode == "robust":
+            prepared.robust = {f: Moments(n, med, spread * spread * n)
+                               for f, (n, med, spread) in robust_moments(model).items()}
+        return prepared
+    except redis.RedisError:
+        raise
+    except Exception as exc:
+        if version is None:  # its blob would not load: the version stored names it
+            version = store.model_version(r, tenant, event_type)
+        log.warning("anomaly model could not be loaded or prepared; judged by the z-check alone",
+                    exc_info=True, extra={"tenant": tenant, "event_type": event_type,
+                                          "model_version": version})
+        return ModelInput(version=version, error=exc)
+
+
+@dataclass
 class JudgedChunk:
     values: pd.DataFrame
     rows: list[dict]
@@ -124,18 +227,9 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     fields = list(values.columns)
     baseline = store.load_baseline(r, tenant, event_type, fields)
     recent = store.load_recent(r, tenant, event_type, fields)
-    found = current_model(r, cfg.redis_url, tenant, event_type)
-    version, model = found if found else (None, None)
-    model_input = robust = None
-    if model is not None:
-        model_input = model_frame(values, timestamps,
-                                  store.load_last_values(r, tenant, event_type, fields),
-                                  cfg.derived_features)
-        if cfg.baseline_mode == "robust":
-            robust = {f: Moments(n, med, spread * spread * n)
-                      for f, (n, med, spread) in robust_moments(model).items()}
-    verdicts = judge_events(values, baseline, rules, model, version, recent=recent,
-                            robust=robust, model_input=model_input)
+    model = prepare_model(r, cfg, tenant, event_type, values, timestamps)
+    verdicts = judge_events(values, baseline, rules, model.model, model.version, recent=recent,
+                            robust=model.robust, model_input=model.input, model_error=model.error)
     processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     present = values.notna().to_numpy()
     figures = snapshot(baseline, recent)
@@ -144,7 +238,7 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
         results.append({
             "index": i, "event_id": event.get("event_id"), "event_type": event_type,
             "timestamp": event["timestamp"], "processed_at": processed_at, **verdict,
-            "model_version": version,
+            "model_version": model.version,
             "baseline": {f: figures[f] for f, has in zip(fields, present[row])
                          if has and f in figures}})
     return JudgedChunk(values, accepted_rows(values, timestamps), verdicts, results)
@@ -211,9 +305,15 @@ def check_events(r: redis.Redis, cfg: Settings, tenant: str,
     """One job, in chunks, with progress visible while it runs."""
     job_id = job["job_id"]
     events = store.get_events(r, tenant, job_id)
-    results = judge_jobs(r, cfg, tenant, {job_id: events},
-                         on_progress=lambda done: store.set_progress(r, tenant, job_id, done))
-    return summarise(results[job_id]), results[job_id]
+    judged = judge_jobs(r, cfg, tenant, {job_id: events},
+                        on_progress=lambda done: store.set_progress(r, tenant, job_id, done))
+    results = judged[job_id]
+    if job_id in judged.failed:
+        # Failed, reporting what it merged: a client that resends the whole job would count
+        # those events twice.
+        raise JobError(judged.failed[job_id], summary=summarise(results) if results else None,
+                       results=results or None)
+    return summarise(results), results
 
 
 @shared_task(name="vigil.validate_job", **JOB_TASK_OPTIONS)

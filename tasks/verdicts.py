@@ -5,6 +5,7 @@ Pure: frames and a fitted model in, plain dicts out (what the job store and webh
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -13,6 +14,8 @@ import pandas as pd
 
 from ml.anomaly import AnomalyModel, top_contributors
 from ml.stats import Moments, baseline_frame, zscore, zscores
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,16 +65,54 @@ def _out_of_range(field: str, value: float, judged: dict[str, dict]) -> dict:
                           for name, f in judged.items()}}
 
 
+def model_opinions(model: AnomalyModel, model_version: int | None,
+                   scored: pd.DataFrame) -> list[tuple[float, dict | None]]:
+    """(anomaly score, its warning or None) per row of ``scored``; raises whatever the model
+    raises, before any verdict was touched (the caller falls back to the z-check alone)."""
+    scores = np.asarray(model.score(scored), dtype=float)
+    if scores.shape != (len(scored),):  # scores of other rows would be pinned on these
+        raise ValueError(f"the model returned {scores.shape} scores for {len(scored)} rows")
+    flagged = np.flatnonzero(scores > model.threshold_)
+    # Explanations cost one scoring per field, so only for the rows that need one.
+    explained = model.explain(scored.iloc[flagged]).to_numpy() if flagged.size else None
+    opinions: list[tuple[float, dict | None]] = [(round(float(score), 6), None)
+                                                 for score in scores]
+    for pos, row in enumerate(flagged):
+        contributors = top_contributors(explained[pos], model.features_)
+        named = ", ".join(c["field"] for c in contributors) or "the combination of fields"
+        opinions[row] = (opinions[row][0], {
+            "code": "anomaly", "field": None,
+            "message": f"the anomaly model (v{model_version}) scores this event "
+                       f"{scores[row]:.3f}, above its threshold {model.threshold_:.3f}; "
+                       f"most unusual: {named}",
+            "score": round(float(scores[row]), 6),
+            "threshold": round(float(model.threshold_), 6),
+            "model_version": model_version, "contributors": contributors})
+    return opinions
+
+
+def model_error_note(model_version: int | None, error: BaseException | None) -> dict:
+    """The note of an event the anomaly model could not score (a note: nothing failed)."""
+    model = f"the anomaly model v{model_version}" if model_version else "the anomaly model"
+    return {"code": "model_error",
+            "message": f"{model} could not score this event: "
+                       f"{type(error).__name__}: {error}; judged by the z-check alone"}
+
+
 def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judge,
                  model: AnomalyModel | None = None, model_version: int | None = None, *,
                  recent: dict[str, Moments] | None = None,
                  robust: dict[str, Moments] | None = None,
-                 model_input: pd.DataFrame | None = None) -> list[dict]:
+                 model_input: pd.DataFrame | None = None,
+                 model_error: BaseException | None = None) -> list[dict]:
     """One verdict per row of ``values`` (numeric fields of events of one type).
 
     baseline: all-time moments per field; recent: the drift-aware ones (as Moments);
     robust: median and scaled MAD as Moments (mean=median, std=1.4826*MAD);
     model_input: what the model scores (``values`` plus derived features), default ``values``.
+    model_error: why the model (``model_version``) could not be loaded or prepared. A model
+    that cannot score, for that reason or its own, fails nothing: every event is judged by the
+    z-check alone, with a ``model_error`` note saying so.
     A verdict: ``valid``, ``warnings`` (each made it invalid), ``notes`` (said, not failed),
     ``anomaly_score`` (None when no model judged it).
     """
@@ -122,31 +163,31 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
                 judged[other_name] = _figures(recent_ready[field], value, limit)
             verdicts[row]["warnings"].append(_out_of_range(field, value, judged))
 
-    if model is None:
+    if model is None and model_error is None:
         note = {"code": "no_model",
                 "message": "no anomaly model for this event type yet; one is trained once "
                            f"{rules.model_min_rows} events of history exist"}
         for verdict in verdicts:
             verdict["notes"].append(note)
     elif len(values):
-        scored = values if model_input is None else model_input
-        scores = model.score(scored)
-        flagged = np.flatnonzero(scores > model.threshold_)
-        # Explanations cost one scoring per field, so only for the rows that need one.
-        explained = model.explain(scored.iloc[flagged]).to_numpy() if flagged.size else None
-        for row, score in enumerate(scores):
-            verdicts[row]["anomaly_score"] = round(float(score), 6)
-        for pos, row in enumerate(flagged):
-            contributors = top_contributors(explained[pos], model.features_)
-            named = ", ".join(c["field"] for c in contributors) or "the combination of fields"
-            verdicts[row]["warnings"].append({
-                "code": "anomaly", "field": None,
-                "message": f"the anomaly model (v{model_version}) scores this event "
-                           f"{scores[row]:.3f}, above its threshold {model.threshold_:.3f}; "
-                           f"most unusual: {named}",
-                "score": round(float(scores[row]), 6),
-                "threshold": round(float(model.threshold_), 6),
-                "model_version": model_version, "contributors": contributors})
+        opinions = None
+        if model is not None:
+            scored = values if model_input is None else model_input
+            try:
+                opinions = model_opinions(model, model_version, scored)
+            except Exception as exc:  # any model failure: the z-check still judges the events
+                log.warning("anomaly model could not score; judged by the z-check alone",
+                            exc_info=True, extra={"model_version": model_version})
+                model_error = exc
+        if opinions is None:
+            note = model_error_note(model_version, model_error)
+            for verdict in verdicts:
+                verdict["notes"].append(note)
+        else:
+            for verdict, (score, warning) in zip(verdicts, opinions):
+                verdict["anomaly_score"] = score
+                if warning is not None:
+                    verdict["warnings"].append(warning)
 
     for verdict in verdicts:
         verdict["valid"] = not verdict["warnings"]

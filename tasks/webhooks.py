@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import httpcore
 import httpx
+import redis
 from celery import shared_task
 from standardwebhooks import Webhook
 
 from core import metrics, ssrf
-from tasks import store
+from core.config import Settings
+from tasks import store, webhook_secrets
 from tasks.context import redis_client, settings
 from tasks.documents import iso, job_document
 
@@ -22,6 +26,11 @@ log = logging.getLogger(__name__)
 EVENT_TYPE = "job.completed"
 # Retries sooner than this wait in the broker as a countdown; later ones in the schedule.
 MAX_COUNTDOWN_S = 300
+# A receiver's answer is its status (and Retry-After); of its body at most this much is read
+# before the connection is closed, so a receiver answering 300 MB costs a worker nothing.
+MAX_ANSWER_BYTES = 4096
+# A request body is written in pieces of this size, each granted only the attempt's time left.
+WRITE_PIECE_BYTES = 16 * 1024
 
 
 class DeliveryError(Exception):
@@ -47,12 +56,93 @@ def message_id(job_id: str) -> str:
     return f"msg_{job_id}"
 
 
+def _time_left(deadline: float, timeout: float | None, error: type[Exception]) -> float:
+    """The socket timeout for one operation: its own, cut to what is left of the attempt."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the delivery attempt's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits at most until the attempt's deadline.
+
+    httpx's timeouts apply per socket operation: a receiver trickling a byte every second (in
+    its headers or its body) would otherwise keep an attempt, and the worker, for as long as it
+    likes. Each operation here is granted only the time left, so the attempt ends by then.
+    """
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: float):
+        self.stream, self.deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self.stream.read(max_bytes, _time_left(self.deadline, timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        # In pieces: one write may loop over many sends, each granted its timeout afresh.
+        for start in range(0, len(buffer), WRITE_PIECE_BYTES):
+            self.stream.write(buffer[start:start + WRITE_PIECE_BYTES],
+                              _time_left(self.deadline, timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        tls = self.stream.start_tls(ssl_context, server_hostname,
+                                    _time_left(self.deadline, timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls, self.deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self.stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.SyncBackend):
+    """Plain sockets, every connection (each address tried) bounded by the attempt's deadline."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None,
+                    socket_options=None) -> httpcore.NetworkStream:
+        stream = super().connect_tcp(host, port,
+                                     _time_left(self.deadline, timeout, httpcore.ConnectTimeout),
+                                     local_address, socket_options)
+        return _DeadlineStream(stream, self.deadline)
+
+
+def _read_a_little(response: httpx.Response) -> None:
+    """Read at most MAX_ANSWER_BYTES of the answer (raw: no decompression), then stop: closing
+    the response then drops the connection with the rest unread."""
+    seen = 0
+    try:
+        for chunk in response.iter_raw():
+            seen += len(chunk)
+            if seen >= MAX_ANSWER_BYTES:
+                return
+    except httpx.HTTPError:
+        pass  # the status line was the answer; a body cut short (or too slow) changes nothing
+
+
+def vetted(url: str, allow_private: bool | tuple[str, ...] = False) -> list[str]:
+    """The addresses the callback URL may be sent to now (its DNS may have changed since
+    submission); RefusedDelivery if none may, DeliveryError if it does not resolve."""
+    try:
+        return ssrf.vetted_addresses(url, allow_private)
+    except ssrf.RefusedURL as exc:
+        raise RefusedDelivery(f"refused: {exc}") from exc
+    except ssrf.UnresolvableHost as exc:
+        raise DeliveryError(str(exc)) from exc
+
+
 def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secrets: tuple[str, ...] | str,
-                 timeout_s: float, allow_private: bool | tuple[str, ...] = False) -> httpx.Response:
+                 timeout_s: float, allow_private: bool | tuple[str, ...] = False,
+                 addresses: list[str] | None = None) -> httpx.Response:
     """POST the payload signed per Standard Webhooks; raises DeliveryError unless 2xx.
 
-    The URL is checked again here (its DNS may have changed since submission) and the connection
-    goes to the very addresses checked (ssrf.PinnedTransport), so DNS rebinding cannot redirect it.
+    The connection goes to the very addresses vetted (here, unless given) via
+    ssrf.PinnedTransport, so DNS rebinding cannot redirect it. timeout_s bounds the whole
+    attempt after the DNS lookup (connect, send, the answer's head and the little of its body
+    read), not each socket operation.
     """
     if isinstance(secrets, str):
         secrets = (secrets,)
@@ -65,18 +155,19 @@ def send_webhook(url: str, payload: dict[str, Any], msg_id: str, secrets: tuple[
         "webhook-timestamp": str(int(sent_at.timestamp())),
         "webhook-signature": sign(secrets, msg_id, sent_at, body),
     }
+    if addresses is None:
+        addresses = vetted(url, allow_private)
+    deadline = time.monotonic() + timeout_s
+    transport = ssrf.PinnedTransport(addresses, _DeadlineBackend(deadline))
     try:
-        addresses = ssrf.vetted_addresses(url, allow_private)
-    except ssrf.RefusedURL as exc:
-        raise RefusedDelivery(f"refused: {exc}") from exc
-    except ssrf.UnresolvableHost as exc:
-        raise DeliveryError(str(exc)) from exc
-    try:
-        with httpx.Client(transport=ssrf.PinnedTransport(addresses), trust_env=False,
-                          timeout=timeout_s) as client:
-            response = client.post(url, content=body, headers=headers)
+        with (httpx.Client(transport=transport, trust_env=False, timeout=timeout_s) as client,
+              client.stream("POST", url, content=body, headers=headers) as response):
+            _read_a_little(response)
     except httpx.InvalidURL as exc:
         raise RefusedDelivery(f"refused: {exc}") from exc
+    except httpx.TimeoutException as exc:
+        raise DeliveryError(f"no answer within the attempt's {timeout_s:g} s limit "
+                            f"(VIGIL_WEBHOOK_TIMEOUT; {type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise DeliveryError(f"{type(exc).__name__}: {exc}") from exc
     if not 200 <= response.status_code < 300:
@@ -116,6 +207,21 @@ def sign(secrets: tuple[str, ...], msg_id: str, sent_at: datetime, body: str) ->
     return " ".join(Webhook(secret).sign(msg_id, sent_at, body) for secret in secrets)
 
 
+def attempt_delivery(r: redis.Redis, cfg: Settings, tenant: str, job_id: str,
+                     job: dict[str, Any]) -> httpx.Response:
+    """One attempt, signed with the tenant's own secrets (read afresh: a rotation since the
+    last attempt counts). Without a secret it may sign with, a final failure saying why."""
+    addresses = vetted(job["callback_url"], cfg.allow_private_callbacks)  # a refusal comes first
+    try:
+        secrets = webhook_secrets.signing_secrets(r, cfg, tenant, store.now())
+    except webhook_secrets.NoSecret as exc:
+        raise RefusedDelivery(f"not sent: {exc}; then send it again: POST "
+                              f"/v1/webhooks/{message_id(job_id)}/retry") from exc
+    payload = build_payload(job, store.get_results(r, tenant, job_id))
+    return send_webhook(job["callback_url"], payload, message_id(job_id), secrets,
+                        cfg.webhook_timeout_s, addresses=addresses)
+
+
 @shared_task(name="vigil.deliver_webhook", ignore_result=True)
 def deliver_webhook(tenant: str, job_id: str) -> str:
     r, cfg = redis_client(), settings()
@@ -123,11 +229,8 @@ def deliver_webhook(tenant: str, job_id: str) -> str:
     if not job or not job.get("callback_url"):
         return "gone"
     attempt = (job.get("webhook") or {}).get("attempts", 0) + 1
-    payload = build_payload(job, store.get_results(r, tenant, job_id))
     try:
-        response = send_webhook(job["callback_url"], payload, message_id(job_id),
-                                cfg.webhook_secrets, cfg.webhook_timeout_s,
-                                cfg.allow_private_callbacks)
+        response = attempt_delivery(r, cfg, tenant, job_id, job)
     except DeliveryError as exc:
         final = isinstance(exc, RefusedDelivery) or attempt >= cfg.webhook_max_attempts
         delay = None if final else next_delay(cfg.webhook_schedule_s, attempt, exc.retry_after_s)

@@ -53,6 +53,8 @@ def vigil_env(redis_server) -> dict[str, str]:
         "VIGIL_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "VIGIL_WEBHOOK_SCHEDULE": "0.2",
         "VIGIL_WEBHOOK_MAX_ATTEMPTS": "4",
+        # Each delivery attempt's overall limit: short, so the slow-receiver tests are quick.
+        "VIGIL_WEBHOOK_TIMEOUT": "4",
         "VIGIL_RETRAIN_INTERVAL": "3600",
         # Not the 24 h default, so a test can tell the setting is what jobs expire by.
         "VIGIL_JOB_TTL": "7200",
@@ -68,8 +70,10 @@ def settings(vigil_env) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def worker(vigil_env, settings, tmp_path_factory, events_worker) -> Iterator[Worker]:
-    """The jobs worker; asking for it also starts the events (micro-batch) worker."""
+def worker(vigil_env, settings, tmp_path_factory, events_worker, webhooks_worker
+           ) -> Iterator[Worker]:
+    """The jobs worker; asking for it also starts the events (micro-batch) worker and the
+    webhooks worker (deliveries), as `make run` does."""
     proc = Worker(vigil_env, tmp_path_factory.mktemp("worker") / "worker.log")
     proc.start(settings)
     yield proc
@@ -79,6 +83,14 @@ def worker(vigil_env, settings, tmp_path_factory, events_worker) -> Iterator[Wor
 @pytest.fixture(scope="session")
 def events_worker(vigil_env, settings, tmp_path_factory) -> Iterator[Worker]:
     proc = Worker(vigil_env, tmp_path_factory.mktemp("events") / "worker.log", role="events")
+    proc.start(settings)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def webhooks_worker(vigil_env, settings, tmp_path_factory) -> Iterator[Worker]:
+    proc = Worker(vigil_env, tmp_path_factory.mktemp("webhooks") / "worker.log", role="webhooks")
     proc.start(settings)
     yield proc
     proc.stop()

@@ -40,3 +40,11 @@ def wait_for(client: httpx.Client, status_url: str, timeout_s: float = 60) -> di
         assert response.headers["Retry-After"]
         time.sleep(0.1)
     raise AssertionError(f"job {status_url} did not finish in {timeout_s}s: {job}")
+
+
+def webhook_secret(client: httpx.Client) -> str:
+    """The tenant's own webhook secret, created (or rotated) as a user does: POST
+    /v1/webhooks/secret, which shows it this once."""
+    response = client.post("/v1/webhooks/secret")
+    assert response.status_code == 201, response.text
+    return response.json()["secret"]

@@ -25,6 +25,7 @@ examples:
   vigil submit events.csv --wait
   vigil results JOB_ID --csv > verdicts.csv
   vigil baseline checkout
+  vigil webhook-secret > webhook-secret.txt   # verify your webhooks with it
 
 environment: VIGIL_URL (default {DEFAULT_URL}), VIGIL_API_KEY.
 exit codes: 0 ok, 1 job failed or cancelled, 2 bad usage or request, 3 Vigil unreachable or 5xx.
@@ -232,6 +233,33 @@ def cmd_types(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_webhook_secret(client: Client, args: argparse.Namespace) -> int:
+    if args.status:
+        info = client.webhook_secret_info()
+        if args.json:
+            dump(info)
+        elif not info["has_secret"]:
+            out("no webhook secret yet; create one with: vigil webhook-secret")
+        else:
+            out(f"webhook secret created {info['created_at']}")
+            if info["previous_signing"]:
+                out(f"the replaced secret signs too until {info['previous_expires_at']}")
+        return 0
+    if args.end_overlap:
+        client.end_webhook_secret_overlap()
+        out("deliveries are signed with the current webhook secret only")
+        return 0
+    created = client.rotate_webhook_secret()
+    if args.json:
+        dump(created)
+        return 0
+    # The secret alone on stdout, so `vigil webhook-secret > file` keeps just the secret.
+    out(created["secret"])
+    print(f"vigil: {created.get('message') or 'store this secret now: it is not shown again'}",
+          file=sys.stderr)
+    return 0
+
+
 def load(path: str):
     try:
         return read_events(path, sys.stdin.read() if path == "-" else None)
@@ -304,6 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the new model")
 
     command("types", cmd_types, "event types with their history counts and models")
+
+    p = command("webhook-secret", cmd_webhook_secret,
+                "create (or rotate) this tenant's webhook secret and print it: it is shown once; "
+                "the replaced one still signs for 24 h")
+    choice = p.add_mutually_exclusive_group()
+    choice.add_argument("--status", action="store_true",
+                        help="show whether a secret exists and since when (never the secret)")
+    choice.add_argument("--end-overlap", action="store_true",
+                        help="stop signing with the replaced secret now")
     return parser
 
 

@@ -326,6 +326,22 @@ class Client:
             events, _ = events_from_json(path_or_events, "path_or_events")
         return self._json("POST", path, json={"events": events})
 
+    # -- webhook secret --------------------------------------------------------------------
+
+    def rotate_webhook_secret(self) -> dict:
+        """Create this tenant's webhook secret, or replace it; the answer holds the new secret
+        (``secret``, shown this once) and, when one was replaced, ``previous_expires_at``: until
+        then deliveries carry both signatures."""
+        return self._json("POST", "/v1/webhooks/secret")
+
+    def webhook_secret_info(self) -> dict:
+        """{has_secret, created_at, previous_signing, previous_expires_at}: never the secret."""
+        return self._json("GET", "/v1/webhooks/secret")
+
+    def end_webhook_secret_overlap(self) -> None:
+        """Stop signing with the replaced secret now, before its overlap ends."""
+        self._request("DELETE", "/v1/webhooks/secret/previous")
+
 
 def _csv_bytes(csv: bytes | str | Path) -> bytes:
     if isinstance(csv, Path):

@@ -67,9 +67,9 @@ def wait_until(predicate: Callable[[], object], timeout_s: float, what: str,
 class FaultWorker:
     """A `celery worker` subprocess in its own process group, so it can be killed as a whole.
 
-    role: "worker" (jobs, the default queue) or "events" (single events, micro-batched), with
-    the arguments `make run` gives that kind (tasks.WORKER_ARGS); ``concurrency`` overrides
-    the pool size.
+    role: "worker" (jobs, the default queue), "events" (single events, micro-batched) or
+    "webhooks" (deliveries), with the arguments `make run` gives that kind (tasks.WORKER_ARGS);
+    ``concurrency`` overrides the pool size.
     """
 
     def __init__(self, env: dict[str, str], settings: Settings, log_path: Path, role: str = "worker",

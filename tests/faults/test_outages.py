@@ -24,7 +24,7 @@ from fault_helpers import (
     wait_finished,
     wait_until,
 )
-from helpers import WEBHOOK_SECRET
+from helpers import webhook_secret
 from standardwebhooks import Webhook
 
 from core.localredis import free_port
@@ -214,8 +214,9 @@ def receiver_outage(fault_stack: FaultStack) -> dict:
     """Two jobs with callbacks to receivers that refuse connections: one comes up 2 s after
     its first refusal, the other never does. Waits until both settled (or long enough)."""
     stack = fault_stack
-    stack.ensure_workers("worker")
+    stack.ensure_workers("worker", "webhooks")
     client = stack.client()
+    secret = webhook_secret(client)  # two tenants: each verifies with its own
     late, never = LateReceiver(), LateReceiver()
     jobs = {"late": submit_with_callback(client, late.url),
             "never": submit_with_callback(client, never.url)}
@@ -232,7 +233,7 @@ def receiver_outage(fault_stack: FaultStack) -> dict:
     deadline = refused_at + ALL_RETRIES_S + 3
     while not settled() and time.monotonic() < deadline:
         time.sleep(0.1)
-    yield {"client": client, "jobs": jobs, "late": late, "refused_after_s": 2.0}
+    yield {"client": client, "jobs": jobs, "late": late, "refused_after_s": 2.0, "secret": secret}
     late.stop()
 
 
@@ -242,7 +243,8 @@ def test_webhook_is_delivered_once_its_receiver_comes_up(receiver_outage):
     job = get_job(client, job_id)
     assert received, f"the receiver came up 2 s after refusing, but got nothing: {job['webhook']}"
     headers, body = received[0]
-    payload = Webhook(WEBHOOK_SECRET).verify(body, headers)  # raises unless signed with the secret
+    # Raises unless signed with the tenant's secret.
+    payload = Webhook(receiver_outage["secret"]).verify(body, headers)
     assert headers["webhook-id"] == f"msg_{job_id}"
     assert payload["type"] == "job.completed"
     assert payload["data"]["job_id"] == job_id and payload["data"]["status"] == "succeeded"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 import uuid
+from fractions import Fraction
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ml.stats import Moments
@@ -102,3 +104,139 @@ def test_a_micro_batch_merges_its_jobs_together_and_each_job_once(redis_server, 
     # The whole micro-batch again (redelivered): nothing moves.
     judge_jobs(r, settings, TENANT, dict(list(jobs.items())[3:]))
     assert store.load_baseline(r, TENANT, event_type)["x"].n == 6
+
+
+def _exact_variance(values: np.ndarray) -> Fraction:
+    exact = [Fraction(float(v)) for v in values]
+    mean = sum(exact) / len(exact)
+    return sum((x - mean) ** 2 for x in exact) / len(exact)
+
+
+@pytest.mark.parametrize("offset", [1e8, 1e10, 1e13])
+def test_merged_variance_far_from_zero_matches_exact_arithmetic(redis_server, settings, offset):
+    """Values offset/spread >= 1e8 apart from zero: merged batch by batch in Redis, the
+    variance matches exact rational arithmetic on the same floats (it was off by up to
+    1e-4 at 1e13 when means were merged as plain floats)."""
+    r = redis_server.client()
+    event_type = f"t-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(int(np.log10(offset)))
+    batches = [offset + rng.normal(0, 1, int(rng.integers(1, 40))) for _ in range(150)]
+    for i, values in enumerate(batches):
+        store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-{i}",
+                          {"x": Moments.of(values)}, [])
+    merged = store.load_baseline(r, TENANT, event_type)["x"]
+    everything = np.concatenate(batches)
+    exact = _exact_variance(everything)
+    error = abs(Fraction(merged.variance) - exact) / exact
+    assert merged.n == everything.size
+    assert error <= 1e-10, float(error)
+    assert merged.mean == pytest.approx(float(sum(map(Fraction, everything)) / everything.size),
+                                        rel=1e-15)
+
+
+def _exact_recent(values: np.ndarray, settings) -> tuple[Fraction, Fraction]:
+    """The recent baseline's mean and variance in exact arithmetic (no value clipped)."""
+    alpha, mean, var = Fraction(settings.recent_alpha), Fraction(0), Fraction(0)
+    for n, x in enumerate(map(Fraction, values), start=1):
+        w = max(Fraction(1, n), alpha)
+        d = x - mean
+        mean, var = mean + w * d, (1 - w) * (var + w * d * d)
+    return mean, var
+
+
+def test_recent_baseline_far_from_zero_matches_exact_arithmetic(redis_server, settings):
+    """The recent baseline's loop ran on values 1e13 +/- 1 as they were: its variance was off
+    by 2e-4; about the field's reference it keeps float precision."""
+    from dataclasses import replace
+
+    unclipped = replace(settings, recent_clip=1e6)  # the exact replay below does not clip
+    r = redis_server.client()
+    event_type = f"t-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(13)
+    batches = [1e13 + rng.normal(0, 1, int(rng.integers(1, 40))) for _ in range(100)]
+    for i, values in enumerate(batches):
+        store.apply_batch(r, unclipped, TENANT, event_type, f"{event_type}-{i}", {}, [],
+                          recent={"x": values})
+    recent = store.load_recent(r, TENANT, event_type, ["x"])["x"]
+    mean, var = _exact_recent(np.concatenate(batches), unclipped)
+    error = float(abs(Fraction(recent.variance) - var) / var)
+    assert error <= 1e-10, error
+    assert abs(Fraction(recent.mean) - mean) <= Fraction(np.spacing(1e13))
+
+
+def test_values_at_the_magnitude_limit_merge_finite_and_the_field_stays_checked(
+        redis_server, settings):
+    """Values at +/-MAX_MAGNITUDE merge to finite moments in Redis (all-time and recent),
+    and the field is still judged afterwards: 1e308s once made it inf/nan and every later
+    value valid."""
+    from ml.stats import MAX_MAGNITUDE
+    from tasks.verdicts import Judge, judge_events
+
+    r = redis_server.client()
+    event_type = f"t-{uuid.uuid4().hex[:8]}"
+    rng = np.random.default_rng(17)
+    batches = [np.array([MAX_MAGNITUDE, -MAX_MAGNITUDE])] + [
+        MAX_MAGNITUDE * (1 + rng.normal(0, 0.01, 20)) for _ in range(5)]
+    for i, values in enumerate(batches):
+        store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-{i}",
+                          {"x": Moments.of(values)}, [], recent={"x": values})
+    everything = np.concatenate(batches)
+    merged = store.load_baseline(r, TENANT, event_type)["x"]
+    recent = store.load_recent(r, TENANT, event_type, ["x"])["x"]
+    assert np.isfinite([merged.mean, merged.m2, recent.mean, recent.m2]).all()
+    assert merged.n == everything.size
+    assert merged.mean == pytest.approx(everything.mean(), rel=1e-12)
+    assert merged.variance == pytest.approx(everything.var(), rel=1e-9)
+
+    rules = Judge(z_threshold=3.0, min_history=30, model_min_rows=50)
+    ordinary, small = judge_events(pd.DataFrame({"x": [merged.mean, 1e6]}), {"x": merged},
+                                   rules, recent={"x": recent})
+    assert ordinary["valid"] is True
+    [warning] = small["warnings"]
+    assert warning["code"] == "out_of_range" and np.isfinite(warning["z"])
+
+
+def test_a_merge_that_would_overflow_is_not_stored(redis_server, settings):
+    """Values beyond the bound (the API refuses them; this is the script's own guard) leave
+    the field's moments as they were rather than storing inf or nan (a young recent
+    baseline, not clipping yet, included)."""
+    r = redis_server.client()
+    event_type = f"t-{uuid.uuid4().hex[:8]}"
+    history = np.random.default_rng(19).normal(100, 10, 5)
+    store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-0",
+                      {"x": Moments.of(history)}, [], recent={"x": history})
+    before = (store.load_baseline(r, TENANT, event_type)["x"],
+              store.load_recent(r, TENANT, event_type, ["x"])["x"])
+    huge = np.array([1e308, 1e308])
+    store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-1",
+                      {"x": Moments.of(huge)}, [], recent={"x": huge})
+    after = (store.load_baseline(r, TENANT, event_type)["x"],
+             store.load_recent(r, TENANT, event_type, ["x"])["x"])
+    assert after == before
+
+
+def test_moments_stored_before_references_still_merge(redis_server, settings):
+    """'n,mean,m2' as stored before: read as its own reference, merged exactly; one made
+    inf or nan by unbounded values starts over from the next batch."""
+    from core import keys
+
+    r = redis_server.client()
+    event_type = f"t-{uuid.uuid4().hex[:8]}"
+    old = np.array([1.0, 2.0, 3.0, 4.0])
+    r.hset(keys.baseline(TENANT, event_type), mapping={
+        "x": f"{old.size},{float(old.mean())!r},{float(((old - old.mean()) ** 2).sum())!r}",
+        "poisoned": "2,inf,nan"})
+    r.hset(keys.recent_baseline(TENANT, event_type), "poisoned", "2,nan,nan")
+    assert store.load_baseline(r, TENANT, event_type)["x"] == Moments(4, 2.5, 5.0)
+    new = np.array([10.0, 11.0])
+    store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-0",
+                      {"x": Moments.of(new), "poisoned": Moments.of(new)}, [],
+                      recent={"poisoned": new})
+    merged = store.load_baseline(r, TENANT, event_type)
+    everything = np.concatenate([old, new])
+    assert merged["x"].n == 6
+    assert merged["x"].mean == pytest.approx(everything.mean(), rel=1e-15)
+    assert merged["x"].variance == pytest.approx(everything.var(), rel=1e-15)
+    assert (merged["poisoned"].n, merged["poisoned"].mean) == (2, 10.5)
+    recent = store.load_recent(r, TENANT, event_type, ["poisoned"])["poisoned"]
+    assert (recent.n, recent.mean) == (2, 10.5)

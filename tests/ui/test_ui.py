@@ -18,7 +18,7 @@ from helpers import KEYS, client_for, wait_for
 from PIL import Image
 
 from api.ui import BAND, FLAGGED, secret_key
-from core.config import Settings
+from core import keys
 
 T0 = 1_790_000_000
 HISTORY_ROWS = 300
@@ -56,11 +56,22 @@ def seeded(api_url, worker) -> dict:
     return {"event_type": event_type, "job_id": job["job_id"]}
 
 
+def form_token(client: httpx.Client) -> str:
+    """The CSRF token of the /ui page's form (login, or logout once signed in), as a browser
+    gets it: by loading the page, which also sets the session cookie the token belongs to."""
+    [token] = re.findall(r'name="csrf_token" value="([^"]+)"', client.get("/ui").text)
+    return token
+
+
+def login(client: httpx.Client, api_key: str) -> httpx.Response:
+    return client.post("/ui/login", data={"api_key": api_key, "csrf_token": form_token(client)})
+
+
 @contextmanager
 def logged_in(api_url: str, tenant: str) -> Iterator[httpx.Client]:
     """A client holding only the session cookie /ui/login set (no Authorization header)."""
     with httpx.Client(base_url=api_url, timeout=30) as client:
-        response = client.post("/ui/login", data={"api_key": KEYS[tenant]})
+        response = login(client, KEYS[tenant])
         assert response.status_code == 303, response.text
         assert response.headers["Location"] == "/ui"
         yield client
@@ -91,8 +102,9 @@ def test_without_session_shows_only_the_login_form(api_url, seeded):
 
 def test_wrong_key_shows_the_form_again_with_401(api_url):
     with httpx.Client(base_url=api_url, timeout=30) as client:
+        token = {"csrf_token": form_token(client)}
         for data in ({"api_key": "not-a-key"}, {"api_key": ""}, {}, {"api_key": "x" * 5000}):
-            response = client.post("/ui/login", data=data)
+            response = client.post("/ui/login", data={**data, **token})
             assert response.status_code == 401, data
             assert "That API key is not valid." in response.text
             assert 'name="api_key"' in response.text
@@ -100,12 +112,12 @@ def test_wrong_key_shows_the_form_again_with_401(api_url):
         # Not a form at all: still the form and a 401, never a 500.
         response = client.post("/ui/login", content=b"\xff\xfe{",
                                headers={"Content-Type": "application/json"})
-        assert response.status_code == 401
+        assert response.status_code == 400 and "sign in again" in response.text
 
 
 def test_login_sets_a_hardened_cookie_and_shows_the_tenants_data(api_url, seeded):
     with httpx.Client(base_url=api_url, timeout=30) as client:
-        response = client.post("/ui/login", data={"api_key": KEYS["alpha"]})
+        response = login(client, KEYS["alpha"])
         assert response.status_code == 303
         cookie = response.headers["set-cookie"]
         assert cookie.startswith("vigil_ui=")
@@ -122,8 +134,8 @@ def test_login_sets_a_hardened_cookie_and_shows_the_tenants_data(api_url, seeded
         plot = client.get("/ui/plot.png", params={"event_type": seeded["event_type"], "field": "amount"})
         assert plot.status_code == 200 and plot.headers["Content-Type"] == "image/png"
         assert plot.content.startswith(b"\x89PNG")
-        # Logging out ends it.
-        assert client.post("/ui/logout").status_code == 303
+        # Logging out (the page's form, with its token) ends it.
+        assert client.post("/ui/logout", data={"csrf_token": form_token(client)}).status_code == 303
         assert 'name="api_key"' in client.get("/ui").text
         assert client.get(f"/ui/jobs/{seeded['job_id']}/results.csv").status_code == 401
 
@@ -179,13 +191,12 @@ def test_field_names_are_escaped(api_url, worker):
         assert plot.status_code == 200 and plot.content.startswith(b"\x89PNG")
 
 
-def test_session_key_is_stable_and_not_the_webhook_secret():
-    settings = Settings(webhook_secret="whsec_c29tZS1vdGhlci1zZWNyZXQ=")
-    derived = secret_key(settings, {})
-    assert derived == secret_key(settings, {}) and len(derived) == 64
-    assert settings.webhook_secret not in derived
-    assert derived != secret_key(Settings(), {})
-    assert secret_key(settings, {"VIGIL_SECRET_KEY": "explicit"}) == "explicit"
+def test_session_key_is_stable_random_and_kept_in_redis(redis_server):
+    r = redis_server.client()
+    key = secret_key(r, {})
+    assert key == secret_key(r, {}) and len(key) == 64
+    assert r.get(keys.ui_session_key()).decode() == key
+    assert secret_key(r, {"VIGIL_SECRET_KEY": "explicit"}) == "explicit"
 
 
 # --- in Chromium ---------------------------------------------------------------------------------

@@ -46,6 +46,21 @@ def test_malformed_entry_error_does_not_echo_the_key():
     assert "sk_live_0123456789" not in str(caught.value)
 
 
+@pytest.mark.parametrize("raw, first, second", [
+    ("alice:sk_shared_0123,bob:sk_shared_0123", "#1 (tenant 'alice')", "#2 (tenant 'bob')"),
+    # The same tenant twice, and spaces around the key: still the same key.
+    ("alice:sk_shared_0123,carol:k-c, alice: sk_shared_0123 ", "#1 (tenant 'alice')",
+     "#3 (tenant 'alice')"),
+])
+def test_a_key_given_twice_is_refused_without_echoing_it(raw, first, second):
+    # Before: the later entry silently took the key over, and alice's key signed in as bob.
+    with pytest.raises(ConfigError, match="VIGIL_API_KEYS") as caught:
+        Settings.from_env({"VIGIL_API_KEYS": raw})
+    message = str(caught.value)
+    assert first in message and second in message and "same key" in message
+    assert "sk_shared" not in message and key_digest("sk_shared_0123") not in message
+
+
 def test_production_requires_api_keys():
     env = {k: v for k, v in PROD.items() if k != "VIGIL_API_KEYS"}
     with pytest.raises(ConfigError, match="VIGIL_API_KEYS"):
@@ -54,10 +69,13 @@ def test_production_requires_api_keys():
         Settings.from_env({**PROD, "VIGIL_API_KEYS": f"acme:k,dev:{DEV_API_KEY}"})
 
 
-def test_production_requires_a_webhook_secret():
+def test_production_requires_a_webhook_secret_where_it_signs():
     env = {k: v for k, v in PROD.items() if k != "VIGIL_WEBHOOK_SECRET"}
     with pytest.raises(ConfigError, match="VIGIL_WEBHOOK_SECRET"):
         Settings.from_env(env)
+    # With several tenants each signs with its own secret: the env one signs for nobody.
+    several = Settings.from_env({**env, "VIGIL_API_KEYS": "acme:k-acme,zeta:k-zeta"})
+    assert not several.single_tenant
 
 
 def test_production_with_keys_and_secret_works():

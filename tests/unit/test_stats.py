@@ -1,10 +1,12 @@
 """Moments merge exactly like numpy on the concatenation; z-scores against a baseline."""
 
+from fractions import Fraction
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from ml.stats import Moments, baseline_frame, frame_moments, zscores
+from ml.stats import MAX_MAGNITUDE, Moments, baseline_frame, frame_moments, zscores
 
 
 def assert_matches_numpy(m, values, rel=1e-9):
@@ -109,3 +111,70 @@ def test_scalar_zscore_matches_the_frame_version():
         frame = zscores(pd.DataFrame({"f": [value]}),
                         pd.DataFrame({"n": [10], "mean": [mean], "std": [std]}, index=["f"]))
         assert zscore(value, mean, std) == frame.iat[0, 0], (value, mean, std)
+
+
+def _exact_variance(values: np.ndarray) -> Fraction:
+    exact = [Fraction(float(v)) for v in values]
+    mean = sum(exact) / len(exact)
+    return sum((x - mean) ** 2 for x in exact) / len(exact)
+
+
+@pytest.mark.parametrize("offset", [1e8, 1e10, 1e13])
+def test_merged_variance_far_from_zero_matches_exact_arithmetic(offset):
+    """offset/spread >= 1e8: merging means as plain floats lost up to 4e-5 of the variance
+    at 1e13 (against exact rational arithmetic on the same floats); about a reference, the
+    merge keeps float precision."""
+    rng = np.random.default_rng(int(np.log10(offset)))
+    batches = [offset + rng.normal(0, 1, int(rng.integers(1, 50))) for _ in range(200)]
+    merged = Moments()
+    for values in batches:
+        merged = merged.merge(Moments.of(values))
+    everything = np.concatenate(batches)
+    exact = _exact_variance(everything)
+    assert merged.n == everything.size
+    assert abs(Fraction(merged.variance) - exact) / exact <= 1e-10
+    exact_mean = sum(map(Fraction, everything)) / everything.size
+    assert abs(Fraction(merged.mean) - exact_mean) <= Fraction(np.spacing(offset))
+
+
+def test_moments_built_from_n_mean_m2_still_mean_what_they_did():
+    old = Moments(4, 2.5, 5.0)  # as stored before references were kept
+    assert (old.n, old.mean, old.m2, old.variance, old.std) == (4, 2.5, 5.0, 1.25, 1.25 ** 0.5)
+    assert (old.ref, old.offset) == (2.5, 0.0)
+    merged = old.merge(Moments.of(np.array([5.0, 6.0])))
+    assert_matches_numpy(merged, np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), rel=1e-15)
+
+
+def test_values_at_the_magnitude_limit_merge_to_finite_moments():
+    values = np.array([MAX_MAGNITUDE, -MAX_MAGNITUDE, MAX_MAGNITUDE, 0.0])
+    merged = Moments()
+    for value in values:
+        merged = merged.merge(Moments.of(np.array([value])))
+    merged = merged.merge(Moments.of(values))
+    everything = np.concatenate([values, values])
+    assert np.isfinite([merged.mean, merged.m2, merged.std]).all()
+    assert_matches_numpy(merged, everything, rel=1e-12)
+
+
+def test_a_merge_that_would_overflow_is_refused():
+    history = Moments.of(np.random.default_rng(1).normal(100, 10, 50))
+    with pytest.raises(OverflowError, match="1e\\+100"):
+        history.merge(Moments.of(np.array([1e308, 1e308])))
+
+
+@pytest.mark.parametrize("mean, std, z", [
+    (1e12, 100.0, 8.9),     # was judged valid: 890 fell within 1e-9 * 1e12 of the mean
+    (1e12, 100.0, 15.0),    # mean + 1500: was +inf ("every value ... was 1e+12")
+    (1e12, 508.0, 2.17),    # was +inf: std 508 counted as no spread at all
+    (1.8e18, 1e9, 5.0),     # nanosecond timestamps
+    (1e9, 0.01, 5.0),       # a meter reading with a small spread
+])
+def test_large_offset_small_spread_scores_its_true_z(mean, std, z):
+    from ml.stats import zscore
+
+    value = mean + z * std
+    true_z = float((Fraction(value) - Fraction(mean)) / Fraction(std))
+    frame = zscores(pd.DataFrame({"f": [value]}),
+                    pd.DataFrame({"n": [100], "mean": [mean], "std": [std]}, index=["f"]))
+    assert frame.iat[0, 0] == pytest.approx(true_z, rel=1e-12)
+    assert zscore(value, mean, std) == frame.iat[0, 0]

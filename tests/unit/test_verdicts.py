@@ -137,3 +137,31 @@ def test_robust_mode_judges_by_median_and_mad():
     assert warning["baseline"] == "robust"
     assert warning["mean"] == pytest.approx(median) and warning["std"] == pytest.approx(spread)
     assert "median/MAD" in warning["message"]
+
+
+@pytest.mark.parametrize("center, spread", [
+    (1e12, 100.0),     # the reviewer's field
+    (1.8e18, 1e9),     # nanosecond timestamps
+    (1e9, 0.01),       # meter readings: large offset, small spread
+])
+def test_large_offset_small_spread_fields_are_judged_by_their_spread(center, spread):
+    """The rounding tolerance was 1e-9 of the mean: 1000 at 1e12, so a value 8.9 standard
+    deviations out was valid, and a spread under 1000 counted as none at all."""
+    history = center + np.random.default_rng(8).normal(0, spread, 1000)
+    baseline = {"f": Moments.of(history)}
+    mean, std = baseline["f"].mean, baseline["f"].std
+    far, near, beyond = mean + 8.9 * std, mean + 2.17 * std, mean + 15 * std
+    flagged, ordinary, very = judge({"f": [far, near, beyond]}, baseline)
+    [warning] = flagged["warnings"]
+    assert warning["z"] == pytest.approx(8.9, rel=1e-6)
+    assert ordinary["valid"] is True
+    [warning] = very["warnings"]
+    assert warning["z"] == pytest.approx(15, rel=1e-6)
+    assert "standard deviations" in warning["message"] and "every value" not in warning["message"]
+
+
+def test_std_508_at_1e12_is_a_spread_not_rounding():
+    history = 1e12 + np.random.default_rng(9).normal(0, 508, 1000)
+    baseline = {"f": Moments.of(history)}
+    [verdict] = judge({"f": [baseline["f"].mean + 2.17 * baseline["f"].std]}, baseline)
+    assert verdict["valid"] is True
