@@ -129,16 +129,21 @@ class LostReplyProxy:
                 return True
         return False
 
+    def _receive(self, connection: dict, side: str) -> bytes | None:
+        """The next bytes from one side of the connection; None (the connection dropped) once
+        that side closed or failed."""
+        try:
+            data = connection[side].recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(connection)
+            return None
+        return data
+
     def _requests(self, connection: dict) -> None:
         buf = b""
-        while True:
-            try:
-                data = connection["client"].recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                self._drop(connection)
-                return
+        while (data := self._receive(connection, "client")) is not None:
             buf += data
             pos = 0
             while (parsed := parse_command(buf, pos)) is not None:
@@ -156,14 +161,7 @@ class LostReplyProxy:
 
     def _replies(self, connection: dict) -> None:
         buf, answered = b"", 0
-        while True:
-            try:
-                data = connection["upstream"].recv(65536)
-            except OSError:
-                data = b""
-            if not data:
-                self._drop(connection)
-                return
+        while (data := self._receive(connection, "upstream")) is not None:
             buf += data
             pos = 0
             while (end := reply_end(buf, pos)) is not None:
