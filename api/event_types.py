@@ -14,13 +14,17 @@ from api.schemas import (
     EVENT_TYPE,
     EVENT_TYPE_RULE,
     BaselineSchema,
+    EpisodeListSchema,
+    EpisodeQuerySchema,
     EventTypeListSchema,
     HistorySubmitSchema,
     JobAcceptedSchema,
     ModelSchema,
 )
 from api.services import services
-from tasks import store
+from ml.features import DERIVED_PREFIX
+from tasks import episodes, store
+from tasks.models import level_shift_at, outdated, z_thresholds
 
 blp = Blueprint("event_types", __name__, url_prefix="/v1/event-types",
                 description="Baselines, history and anomaly models per event type.")
@@ -57,9 +61,13 @@ class Baseline(MethodView):
         moments = store.load_baseline(svc.redis, flask.g.tenant, checked_type(event_type))
         if not moments:
             abort(404, message=f"No history for event type {event_type!r} yet.")
+        limits = z_thresholds(svc.settings, store.model_meta(svc.redis, flask.g.tenant,
+                                                               event_type), list(moments))
         return {"event_type": event_type, "min_history": svc.settings.min_history,
+                "alert_rate": svc.settings.alert_rate,
                 "fields_": [{"field": name, "count": m.n, "mean": m.mean, "std": m.std,
-                             "checked": m.n >= svc.settings.min_history}
+                             "checked": m.n >= svc.settings.min_history,
+                             "z_threshold": limits[name]}
                             for name, m in sorted(moments.items())]}
 
 
@@ -85,10 +93,30 @@ class Model(MethodView):
         if meta is None:
             abort(404, message=f"No anomaly model for {event_type!r} yet; import history or "
                                "POST to this URL to train one.")
-        return meta
+        # The thresholds in force now (VIGIL_Z_THRESHOLD may have been set since training).
+        fields = list(meta.get("z_thresholds") or
+                      [f for f in meta["features"] if not f.startswith(DERIVED_PREFIX)])
+        shift_at = level_shift_at(services().redis, flask.g.tenant, event_type)
+        return {**meta, "z_thresholds": z_thresholds(services().settings, meta, fields),
+                "level_shift_at": shift_at, "outdated": outdated(meta, shift_at)}
 
     @blp.doc(parameters=[HEADER_DOC])
     @blp.response(202, JobAcceptedSchema)
     def post(self, event_type: str):
         """Train the anomaly model now from the stored history"""
         return submit("train", [], event_type=checked_type(event_type))
+
+
+@blp.route("/<event_type>/episodes")
+class Episodes(MethodView):
+    @blp.arguments(EpisodeQuerySchema, location="query")
+    @blp.response(200, EpisodeListSchema)
+    def get(self, query: dict, event_type: str):
+        """The type's episodes, newest first: consecutive flagged events told as one incident
+        (opened, last flagged, closed after VIGIL_EPISODE_QUIET valid events, count, peak, the
+        rule that opened it); `?open=true`: only those still open"""
+        r, tenant = services().redis, flask.g.tenant
+        if not episodes.type_known(r, tenant, checked_type(event_type)):
+            abort(404, message=f"No history for event type {event_type!r} yet.")
+        return {"episodes": episodes.list_episodes(r, tenant, event_type,
+                                                   open_only=query["open"])}

@@ -17,6 +17,7 @@ from flask_smorest import Blueprint, abort
 
 from api import idempotency
 from api.auth import require_tenant
+from api.callbacks import refuse_unusable_url
 from api.parsing import too_many_events
 from api.ratelimit import limit_rate
 from api.schemas import (
@@ -29,8 +30,7 @@ from api.schemas import (
     JobSubmitSchema,
 )
 from api.services import Services, services
-from core import ssrf
-from tasks import inbox, store, webhook_secrets
+from tasks import inbox, store
 from tasks.documents import job_document
 
 log = logging.getLogger(__name__)
@@ -67,14 +67,7 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     if len(events) > svc.settings.max_events_per_job:  # bodies are counted before parsing too
         too_many_events(svc.settings.max_events_per_job, len(events))
     if callback_url:
-        try:  # SSRF: no callbacks into Vigil's own network (again at delivery, tasks/webhooks.py)
-            ssrf.check_callback_url(callback_url, svc.settings.allow_private_callbacks)
-        except ValueError as exc:
-            abort(422, message="callback_url refused", errors={"json": {"callback_url": [str(exc)]}})
-        if not webhook_secrets.can_sign(svc.redis, svc.settings, tenant):
-            # Refused now rather than a delivery that could never be signed for this tenant.
-            abort(409, message=f"No webhook secret to sign this job's callback: "
-                               f"{webhook_secrets.CREATE_HINT}")
+        refuse_unusable_url(callback_url, "callback_url", "this job's callback")
     job_id = request_job_id(tenant)
     if single:  # the fast path, if it handed the request over, made the first store call
         stored_retrying(lambda: admit_single_event(svc, tenant, events[0], job_id=job_id),

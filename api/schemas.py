@@ -227,8 +227,13 @@ class BaselineFiguresSchema(ma.Schema):
     expected_range = fields.List(fields.Float())
 
 
+class LevelSchema(ma.Schema):
+    mean = fields.Float()
+    std = fields.Float()
+
+
 class WarningSchema(ma.Schema):
-    code = fields.String(metadata={"description": "out_of_range or anomaly"})
+    code = fields.String(metadata={"description": "out_of_range, anomaly or level_shift"})
     field = fields.String(allow_none=True)
     message = fields.String()
     value = fields.Float()
@@ -243,6 +248,14 @@ class WarningSchema(ma.Schema):
     threshold = fields.Float()
     model_version = fields.Integer()
     contributors = fields.List(fields.Dict())
+    # level_shift: VIGIL_LEVEL_SHIFT_RUN values in a row out of range on one side.
+    run = fields.Integer(metadata={"description": "level_shift: how many values in a row, out "
+                                                  "of range on the same side, made it"})
+    before = fields.Nested(LevelSchema, metadata={
+        "description": "level_shift: the recent baseline the value was judged against"})
+    after = fields.Nested(LevelSchema, metadata={
+        "description": "level_shift: the recent baseline re-seeded from the run's values, "
+                       "which later values are judged against"})
 
 
 class NoteSchema(ma.Schema):
@@ -266,6 +279,9 @@ class ResultSchema(ma.Schema):
     model_version = fields.Integer(allow_none=True)
     baseline = fields.Dict(metadata={"description": "per field, the baselines it was judged "
                                                     "against (n, mean, std, recent_*)"})
+    episode = fields.String(allow_none=True, metadata={
+        "description": "the episode a flagged event belongs to (GET /v1/event-types/{type}/"
+                       "episodes); null for a valid event"})
 
 
 class ProgressSchema(ma.Schema):
@@ -318,17 +334,30 @@ class EventTypeListSchema(ma.Schema):
     event_types = fields.List(fields.Nested(EventTypeSchema))
 
 
+class ZThresholdSchema(ma.Schema):
+    threshold = fields.Float(metadata={"description": "|z| beyond which a value is out of range"})
+    source = fields.String(metadata={"description": "'calibrated on N values (method)', "
+                                                    "'gaussian: ...' or 'VIGIL_Z_THRESHOLD'"})
+    implied_rate = fields.Float(allow_none=True, metadata={
+        "description": "share of the history's values the threshold would have flagged, each "
+                       "judged against the baselines of the values before it (null: not "
+                       "measured)"})
+
+
 class FieldBaselineSchema(ma.Schema):
     field = fields.String()
     count = fields.Integer()
     mean = fields.Float()
     std = fields.Float()
     checked = fields.Boolean(metadata={"description": "enough history to be checked"})
+    z_threshold = fields.Nested(ZThresholdSchema)
 
 
 class BaselineSchema(ma.Schema):
     event_type = fields.String()
     min_history = fields.Integer()
+    alert_rate = fields.Float(metadata={"description": "VIGIL_ALERT_RATE: the share of "
+                                                      "ordinary events that may be flagged"})
     fields_ = fields.List(fields.Nested(FieldBaselineSchema), data_key="fields")
 
 
@@ -337,9 +366,25 @@ class ModelSchema(ma.Schema):
     trained_at = fields.Float()
     rows = fields.Integer()
     features = fields.List(fields.String())
-    derived_features = fields.List(fields.String())
+    derived_features = fields.List(fields.String(), metadata={
+        "description": "the derived features this model uses (earned by its history)"})
+    derived_features_why = fields.Dict(keys=fields.String(), values=fields.String(), metadata={
+        "description": "per derived feature, on or off and why"})
     contamination = fields.Float()
     threshold = fields.Float()
+    implied_rate = fields.Float(metadata={"description": "share of the training rows scoring "
+                                                        "above the threshold"})
+    alert_rate = fields.Float()
+    z_thresholds = fields.Dict(keys=fields.String(), values=fields.Nested(ZThresholdSchema),
+                               metadata={"description": "per field, the z-rule's threshold"})
+    trained_from = fields.Float(allow_none=True, metadata={
+        "description": "trained on the history from this timestamp on (the level shift it "
+                       "learnt); null: on all of the kept history"})
+    outdated = fields.Boolean(metadata={
+        "description": "true: the type's level shifted after this model was trained; it is "
+                       "set aside (verdicts note model_outdated) until one learns the new level"})
+    level_shift_at = fields.Float(allow_none=True, metadata={
+        "description": "timestamp of the type's latest level shift, if any"})
 
 
 class FailedWebhookSchema(ma.Schema):
@@ -383,3 +428,51 @@ class WebhookSecretInfoSchema(ma.Schema):
         "description": "the replaced secret still signs beside the current one"})
     previous_expires_at = fields.String(allow_none=True)
     overlap_seconds = fields.Integer()
+
+
+class EpisodePeakSchema(ma.Schema):
+    code = fields.String(metadata={"description": "the warning: out_of_range, level_shift or "
+                                                  "anomaly"})
+    field = fields.String(allow_none=True)
+    value = fields.Float()
+    z = fields.Float(allow_none=True)
+    score = fields.Float()
+
+
+class EpisodeSchema(ma.Schema):
+    id = fields.String(metadata={"description": "ep_ and 16 hex digits"})
+    event_type = fields.String()
+    opened_at = fields.Float(metadata={"description": "timestamp of its first flagged event "
+                                                     "(epoch seconds)"})
+    last_flagged_at = fields.Float()
+    closed_at = fields.Float(allow_none=True, metadata={
+        "description": "timestamp of the valid event that closed it (VIGIL_EPISODE_QUIET valid "
+                       "events in a row); null while open"})
+    count = fields.Integer(metadata={"description": "flagged events in it"})
+    peak = fields.Nested(EpisodePeakSchema, allow_none=True, metadata={
+        "description": "its largest warning: the largest |z|, or for model warnings alone the "
+                       "largest score"})
+    rule = fields.String(allow_none=True, metadata={
+        "description": "the warning code of the event that opened it"})
+
+
+class EpisodeListSchema(ma.Schema):
+    episodes = fields.List(fields.Nested(EpisodeSchema))
+
+
+class EpisodeQuerySchema(ma.Schema):
+    open = fields.Boolean(load_default=False, metadata={
+        "description": "true: only the episodes still open"})
+
+
+class EpisodeWebhookBodySchema(ma.Schema):
+    url = fields.Url(schemes={"http", "https"}, require_tld=False, required=True,
+                     validate=validate.Length(max=2000),
+                     metadata={"description": "POSTed episode.opened and episode.closed, signed "
+                                              "with the tenant's webhook secret"})
+
+
+class EpisodeWebhookSchema(ma.Schema):
+    url = fields.String()
+    created_at = fields.String()
+    events = fields.List(fields.String())

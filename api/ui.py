@@ -36,6 +36,7 @@ from core import keys
 from core.config import key_digest
 from tasks import store
 from tasks.documents import iso
+from tasks.models import z_thresholds
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,14 @@ def _type_section(r, tenant: str, event_type: str, accepted: int, invalid: int) 
     baseline = store.load_baseline(r, tenant, event_type)
     flagged = store.flagged_rows(r, tenant, event_type)
     names = sorted(baseline, key=lambda f: (-baseline[f].n, f))[:MAX_FIELDS]
-    z = services().settings.z_threshold
+    # The thresholds the z-rule uses now: calibrated per field, or VIGIL_Z_THRESHOLD.
+    limits = z_thresholds(services().settings, store.model_meta(r, tenant, event_type), names)
     fields = []
     for name in names:
-        m = baseline[name]
+        m, z = baseline[name], limits[name]["threshold"]
         fields.append({
-            "name": name, "n": m.n, "mean": m.mean, "std": m.std,
+            "name": name, "n": m.n, "mean": m.mean, "std": m.std, "z": z,
+            "z_source": limits[name]["source"],
             "low": m.mean - z * m.std, "high": m.mean + z * m.std,
             "flagged": sum(1 for row in flagged if name in row.get("v", {})),
             "plot_url": flask.url_for("ui.plot", event_type=event_type, field=name)})
@@ -256,7 +259,7 @@ def index():
     return flask.render_template(
         "ui.html", login=False, tenant=tenant, sections=sections, chosen=chosen if chosen in
         activity else "", choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
-        max_types=MAX_TYPES, z=services().settings.z_threshold,
+        max_types=MAX_TYPES,
         jobs=[_job_row(job) for job in jobs], band=BAND, flagged_colour=FLAGGED,
         session_login=session_login, csrf=csrf_token() if session_login else None)
 
@@ -335,7 +338,8 @@ def plot():
     if not event_type or not field:
         flask.abort(404)
     svc = services()
-    r, z = svc.redis, svc.settings.z_threshold
+    r = svc.redis
+    z = z_thresholds(svc.settings, store.model_meta(r, tenant, event_type), [field])[field]["threshold"]
     # Every change to a type's history or flagged list bumps one of these counters, so they
     # version the plot; read before the data, a concurrent batch only costs a re-render.
     version = (store.event_type_counts(r, tenant).get(event_type, 0),

@@ -8,21 +8,24 @@ from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
 from api.auth import require_tenant
+from api.callbacks import refuse_unusable_url
 from api.jobs import load_job
 from api.ratelimit import limit_rate
 from api.schemas import (
+    EpisodeWebhookBodySchema,
+    EpisodeWebhookSchema,
     FailedWebhookListSchema,
     WebhookRetrySchema,
     WebhookSecretCreatedSchema,
     WebhookSecretInfoSchema,
 )
 from api.services import services
-from tasks import store, webhook_secrets
+from tasks import episodes, store, webhook_secrets
 from tasks.documents import iso
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks",
                 description="Each tenant's webhook signing secret; deliveries that failed after "
-                            "their last attempt.")
+                            "their last attempt; where episode webhooks go.")
 blp.before_request(require_tenant)
 blp.before_request(limit_rate)
 
@@ -104,3 +107,38 @@ class RetryWebhook(MethodView):
             "last_error": state.get("last_error")})
         svc.enqueue("vigil.deliver_webhook", flask.g.tenant, job_id)
         return {"message_id": f"msg_{job_id}", "job_id": job_id, "status": "retrying"}
+
+
+EPISODE_EVENTS = ["episode.opened", "episode.closed"]
+
+
+def episode_webhook_document(hook: dict) -> dict:
+    return {"url": hook["url"], "created_at": iso(hook["created_at"]), "events": EPISODE_EVENTS}
+
+
+@blp.route("/episodes")
+class EpisodeWebhook(MethodView):
+    @blp.response(200, EpisodeWebhookSchema)
+    def get(self):
+        """Where the tenant's episode webhooks go"""
+        hook = episodes.get_webhook(services().redis, flask.g.tenant)
+        if hook is None:
+            abort(404, message="No episode webhook registered; PUT /v1/webhooks/episodes "
+                               '{"url": ...} to register one.')
+        return episode_webhook_document(hook)
+
+    @blp.arguments(EpisodeWebhookBodySchema)
+    @blp.response(200, EpisodeWebhookSchema)
+    def put(self, body: dict):
+        """Register (or replace) the URL POSTed `episode.opened` and `episode.closed`: one
+        webhook per episode's start and end rather than one per flagged event, signed with the
+        tenant's webhook secret"""
+        refuse_unusable_url(body["url"], "url", "episode webhooks")
+        return episode_webhook_document(episodes.set_webhook(
+            services().redis, flask.g.tenant, body["url"], store.now()))
+
+    @blp.response(204)
+    def delete(self):
+        """Stop sending episode webhooks (204 also when none was registered)"""
+        episodes.delete_webhook(services().redis, flask.g.tenant)
+        return ""

@@ -32,7 +32,7 @@ def ceiling(history: Sequence[dict], bodies: Sequence[bytes], cfg: Settings,
     values = training_frame(rows)
     baseline = frame_moments(values)
     last = {f: float(values[f].iloc[-1]) for f in values.columns}
-    model = AnomalyModel(contamination=cfg.anomaly_contamination).fit(
+    model = AnomalyModel(contamination=cfg.model_contamination).fit(
         model_frame(values, stamps, {}, cfg.derived_features))
     rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
     schema = JobSubmitSchema()

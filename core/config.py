@@ -26,6 +26,10 @@ WEBHOOK_SWEEP_S = 5.0
 EVENTS_SWEEP_S = 5.0
 BASELINE_MODES = ("both", "all_time", "recent", "robust")
 DERIVED_FEATURES = ("time_of_day", "delta")
+# The alert budget (VIGIL_ALERT_RATE) is split between the two rules: this share of it goes to
+# the z-rule (its per-field thresholds are calibrated to flag Z_SHARE * rate of ordinary
+# values), the rest to the anomaly model (its contamination). The only place it is set.
+Z_SHARE = 0.3
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -115,7 +119,11 @@ class Settings:
     # {sha256(api key): tenant}
     api_keys: Mapping[str, str] = field(default_factory=lambda: {key_digest(DEV_API_KEY): DEV_TENANT})
     webhook_secret: str = DEV_WEBHOOK_SECRET
-    z_threshold: float = 3.0
+    # Share of ordinary events of a type that may be flagged (the alert budget, Z_SHARE).
+    alert_rate: float = 0.001
+    # A fixed z threshold for every field (VIGIL_Z_THRESHOLD); None: calibrated per field on
+    # the type's history to the z-rule's share of alert_rate (ml.calibration).
+    z_threshold: float | None = None
     min_history: int = 30
     # Which baseline judges a value: "both" (out of range of the all-time AND the recent
     # baseline), "all_time" or "recent".
@@ -125,19 +133,27 @@ class Settings:
     # Values beyond mean +/- clip*std move the recent baseline as if they were at that edge:
     # a spike barely moves it, a lasting shift is absorbed within a few half-lives.
     recent_clip: float = 3.0
+    # This many out-of-range values of a field in a row, all on one side, are a new level: the
+    # last gets a level_shift warning and the recent baseline re-seeds from them
+    # (ml.level_shift). 0: off.
+    level_shift_run: int = 5
     # Derived model features: "time_of_day" and/or "delta" (change from the previous value).
     derived_features: tuple[str, ...] = ("time_of_day",)
     model_min_rows: int = 50
     # Single events scored in micro-batches (off: one task per event, the slow reference).
     micro_batch: bool = True
     history_max_rows: int = 10_000
-    anomaly_contamination: float = 0.005
+    # The model's flag rate on its history (VIGIL_ANOMALY_CONTAMINATION); None: derived from
+    # alert_rate (model_contamination).
+    anomaly_contamination: float | None = None
     retrain_min_new_rows: int = 500
     retrain_interval_s: float = 60.0
     job_ttl_s: int = 24 * 3600
     max_events_per_job: int = 10_000
     max_body_bytes: int = 10 * 1024 * 1024
     webhook_max_attempts: int = 8
+    # An episode (consecutive flagged events of a type) closes after this many valid events.
+    episode_quiet: int = 10
     webhook_timeout_s: float = 10.0
     # Delay before each webhook retry, seconds (Svix's published schedule: 5 s, 5 min, 30 min,
     # 2 h, 5 h, 10 h, 10 h), each +/-20% jitter; a receiver's Retry-After can only lengthen it.
@@ -158,6 +174,19 @@ class Settings:
     def recent_alpha(self) -> float:
         """Weight of each new value in the recent baseline, from its half-life."""
         return 1.0 - 0.5 ** (1.0 / self.recent_half_life)
+
+    @property
+    def z_rate(self) -> float:
+        """The z-rule's share of the alert budget: what its calibrated thresholds aim at."""
+        return Z_SHARE * self.alert_rate
+
+    @property
+    def model_contamination(self) -> float:
+        """The anomaly model's flag rate: VIGIL_ANOMALY_CONTAMINATION, else the model's share
+        of the alert budget."""
+        if self.anomaly_contamination is not None:
+            return self.anomaly_contamination
+        return (1.0 - Z_SHARE) * self.alert_rate
 
     @property
     def webhook_secrets(self) -> tuple[str, ...]:
@@ -200,11 +229,13 @@ class Settings:
             env=mode,
             api_keys=api_keys,
             webhook_secret=secret,
+            alert_rate=get("VIGIL_ALERT_RATE", defaults.alert_rate, float),
             z_threshold=get("VIGIL_Z_THRESHOLD", defaults.z_threshold, float),
             min_history=get("VIGIL_MIN_HISTORY", defaults.min_history, int),
             baseline_mode=get("VIGIL_BASELINE", defaults.baseline_mode),
             recent_half_life=get("VIGIL_RECENT_HALF_LIFE", defaults.recent_half_life, float),
             recent_clip=get("VIGIL_RECENT_CLIP", defaults.recent_clip, float),
+            level_shift_run=get("VIGIL_LEVEL_SHIFT_RUN", defaults.level_shift_run, int),
             derived_features=get("VIGIL_DERIVED_FEATURES", defaults.derived_features, _names),
             micro_batch=get("VIGIL_MICRO_BATCH", defaults.micro_batch, _flag),
             model_min_rows=get("VIGIL_MODEL_MIN_ROWS", defaults.model_min_rows, int),
@@ -218,6 +249,7 @@ class Settings:
             max_events_per_job=get("VIGIL_MAX_EVENTS_PER_JOB", defaults.max_events_per_job, int),
             max_body_bytes=get("VIGIL_MAX_BODY_BYTES", defaults.max_body_bytes, int),
             webhook_max_attempts=get("VIGIL_WEBHOOK_MAX_ATTEMPTS", defaults.webhook_max_attempts, int),
+            episode_quiet=get("VIGIL_EPISODE_QUIET", defaults.episode_quiet, int),
             webhook_timeout_s=get("VIGIL_WEBHOOK_TIMEOUT", defaults.webhook_timeout_s, float),
             webhook_schedule_s=get("VIGIL_WEBHOOK_SCHEDULE", defaults.webhook_schedule_s, _seconds),
             visibility_timeout_s=get("VIGIL_VISIBILITY_TIMEOUT", defaults.visibility_timeout_s, int),
@@ -242,24 +274,34 @@ class Settings:
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
                 )
-        if not (math.isfinite(self.z_threshold) and self.z_threshold > 0):
-            raise ConfigError("VIGIL_Z_THRESHOLD must be a positive finite number")
+        if not 0 < self.alert_rate < 0.5:
+            raise ConfigError("VIGIL_ALERT_RATE must be in (0, 0.5): the share of ordinary "
+                              "events that may be flagged, e.g. 0.001 for 1 in 1,000")
+        if self.z_threshold is not None and not (math.isfinite(self.z_threshold)
+                                                 and self.z_threshold > 0):
+            raise ConfigError("VIGIL_Z_THRESHOLD must be a positive finite number, or unset "
+                              "(thresholds calibrated per field to VIGIL_ALERT_RATE)")
         if self.baseline_mode not in BASELINE_MODES:
             raise ConfigError(f"VIGIL_BASELINE must be one of {', '.join(BASELINE_MODES)}")
         if not (math.isfinite(self.recent_half_life) and self.recent_half_life >= 1):
             raise ConfigError("VIGIL_RECENT_HALF_LIFE must be at least 1 (events)")
         if not (math.isfinite(self.recent_clip) and self.recent_clip > 0):
             raise ConfigError("VIGIL_RECENT_CLIP must be a positive number")
+        if self.level_shift_run == 1 or self.level_shift_run < 0:
+            raise ConfigError("VIGIL_LEVEL_SHIFT_RUN must be 0 (off) or at least 2 (out-of-range "
+                              "values in a row that make a level shift)")
         unknown = set(self.derived_features) - set(DERIVED_FEATURES)
         if unknown:
             raise ConfigError(f"VIGIL_DERIVED_FEATURES: unknown {', '.join(sorted(unknown))}; "
                               f"choose from {', '.join(DERIVED_FEATURES)}")
         if self.min_history < 2:
             raise ConfigError("VIGIL_MIN_HISTORY must be at least 2")
-        if not 0 < self.anomaly_contamination < 0.5:
-            raise ConfigError("VIGIL_ANOMALY_CONTAMINATION must be in (0, 0.5)")
+        if self.anomaly_contamination is not None and not 0 < self.anomaly_contamination < 0.5:
+            raise ConfigError("VIGIL_ANOMALY_CONTAMINATION must be in (0, 0.5), or unset "
+                              "(derived from VIGIL_ALERT_RATE)")
         for name in ("model_min_rows", "history_max_rows", "job_ttl_s", "max_events_per_job",
-                     "max_body_bytes", "webhook_max_attempts", "idempotency_ttl_s"):
+                     "max_body_bytes", "webhook_max_attempts", "idempotency_ttl_s",
+                     "episode_quiet"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1")
         if self.rate_limit < 0:
@@ -301,6 +343,7 @@ class Settings:
             "task_routes": {"vigil.validate_events": {"queue": EVENTS_QUEUE},
                             "vigil.sweep_events": {"queue": EVENTS_QUEUE},
                             "vigil.deliver_webhook": {"queue": WEBHOOKS_QUEUE},
+                            "vigil.deliver_episode_webhook": {"queue": WEBHOOKS_QUEUE},
                             "vigil.send_due_webhooks": {"queue": WEBHOOKS_QUEUE}},
             "worker_send_task_events": True,
             # No task-sent events: one more broker write per submission (~1 ms of API CPU);

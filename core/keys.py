@@ -138,3 +138,38 @@ def webhook_secrets(tenant: str) -> str:
     """Hash: the tenant's webhook signing secrets (tasks/webhook_secrets.py): current,
     created_at, and while a rotation overlaps, previous and previous_expires_at."""
     return f"{PREFIX}:{tenant}:webhook-secrets"
+
+
+def episode_state(tenant: str, event_type: str) -> str:
+    """String: JSON {open: the open episode or null, quiet: valid events since its last
+    flagged one} (ml.episodes.State), read when a chunk is judged, written when it is merged."""
+    return f"{PREFIX}:{tenant}:episode-state:{event_type}"
+
+
+def episodes(tenant: str, event_type: str) -> str:
+    """Hash: episode id -> the episode as JSON (ml.episodes), the latest ones only."""
+    return f"{PREFIX}:{tenant}:episodes:{event_type}"
+
+
+def episode_index(tenant: str, event_type: str) -> str:
+    """Sorted set: episode ids scored by opened_at (bounded; the hash keeps the same ids)."""
+    return f"{PREFIX}:{tenant}:episode-index:{event_type}"
+
+
+def episode_webhook(tenant: str) -> str:
+    """String: JSON {url, created_at}: where the tenant's episode.opened / episode.closed
+    webhooks go."""
+    return f"{PREFIX}:{tenant}:episode-webhook"
+
+
+def level_runs(tenant: str, event_type: str) -> str:
+    """Hash: field -> JSON {side, values}: its out-of-range values in a row so far, all on one
+    side (ml.level_shift.Run; at most VIGIL_LEVEL_SHIFT_RUN of them), read when a chunk is
+    judged, written when it is merged; a field with no run has no entry."""
+    return f"{PREFIX}:{tenant}:level-runs:{event_type}"
+
+
+def level_shift_at(tenant: str, event_type: str) -> str:
+    """String: the timestamp of the event that completed the type's latest level shift. An
+    anomaly model trained before it is set aside until one is trained on the new level."""
+    return f"{PREFIX}:{tenant}:level-shift-at:{event_type}"

@@ -426,8 +426,8 @@ local function rebased(ref, off)
   local bb = s - ref
   return s, (ref - (s - bb)) + (off - bb)
 end
-local n_fields = tonumber(ARGV[11])
-local i = 12
+local n_fields = tonumber(ARGV[12])
+local i = 13
 for _ = 1, n_fields do
   local field = ARGV[i]
   local n, ref, off, m2 = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
@@ -460,6 +460,9 @@ end
 -- Stored as 'n,ref,mean,var' like the all-time moments: the loop works on values about ref
 -- (the rounded mean), mean being their offset from it, so a field far from zero (1e13 +/- 1)
 -- keeps its precision; 'n,mean,var' as stored before reads as ref = mean.
+-- ARGV[11]: per field, its level shifts in this batch ({k, mean, var}: after its k-th value
+-- the baseline re-seeds at that mean and variance; tasks.level_shifts), in order.
+local reseeds = cjson.decode(ARGV[11])
 for field, values in pairs(cjson.decode(ARGV[8])) do
   local n, ref, mean, var = 0, values[1], 0, 0
   local current = redis.call('HGET', KEYS[7], field)
@@ -470,18 +473,25 @@ for field, values in pairs(cjson.decode(ARGV[8])) do
   -- The loop that costs: about half the script's time for a 1,000-event chunk. A local
   -- sqrt and no math.max call took about a sixth off the whole script (four alternating
   -- runs: 11-30%), with the same figures to the bit.
-  for k = 1, #values do
-    local x = values[k] - ref
-    if n >= warm then
-      local band = clip * sqrt(var)
-      if x > mean + band then x = mean + band elseif x < mean - band then x = mean - band end
+  -- Between re-seeds (usually none: one pass over all the values).
+  local marks, from = reseeds[field] or {}, 1
+  for m = 1, #marks + 1 do
+    local to = marks[m] and marks[m][1] or #values
+    for k = from, to do
+      local x = values[k] - ref
+      if n >= warm then
+        local band = clip * sqrt(var)
+        if x > mean + band then x = mean + band elseif x < mean - band then x = mean - band end
+      end
+      n = n + 1
+      local w = 1 / n
+      if w < alpha then w = alpha end
+      local d = x - mean
+      mean = mean + w * d
+      var = (1 - w) * (var + w * d * d)
     end
-    n = n + 1
-    local w = 1 / n
-    if w < alpha then w = alpha end
-    local d = x - mean
-    mean = mean + w * d
-    var = (1 - w) * (var + w * d * d)
+    if marks[m] then ref, mean, var = marks[m][2], 0, marks[m][3] end  -- n goes on counting
+    from = to + 1
   end
   ref, mean = rebased(ref, mean)
   if finite(ref) and finite(mean) and finite(var) then  -- as the all-time moments
@@ -520,7 +530,9 @@ return 1
 def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str,
                 batch_id: str, moments: Mapping[str, Moments], rows: Iterable[Mapping],
                 recent: Mapping[str, Sequence[float]] | None = None,
-                flagged: Sequence[Mapping] = (), together_with: Sequence[str] = ()) -> bool:
+                flagged: Sequence[Mapping] = (), together_with: Sequence[str] = (),
+                reseeds: Mapping[str, Sequence[tuple[int, float, float]]] | None = None
+                ) -> bool:
     """Merge a batch into the baselines and history, exactly once.
 
     together_with: ids of further batches this one stands for (the other jobs of a
@@ -531,6 +543,9 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
     recent: every value seen per field, in time order, accepted or not (the recent baseline
     clips outliers itself, so a lasting shift is learnt and a spike is not).
     flagged: ``{"ts", "v", "codes"}`` per invalid event (counted, latest kept for the UI).
+    reseeds: per field, (position among its values in ``recent``, mean, variance) of each
+    level shift in the batch (tasks.level_shifts): the recent baseline re-seeds right after
+    that value; the all-time baseline is untouched.
     Returns False if this batch had been applied before (on a pipeline: queued, True).
     """
     script_keys = [keys.batch_applied(tenant, batch_id), keys.baseline(tenant, event_type),
@@ -546,7 +561,11 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
                        settings.min_history,
                        # cjson decodes '{}' as an empty table either way; '[]' would be too.
                        recent_json, dumps(list(flagged)) if flagged else "[]",
-                       FLAGGED_KEPT, len(moments)]
+                       FLAGGED_KEPT,
+                       # 1-based positions for Lua; '{}': an empty table, as for recent.
+                       dumps({f: [[k + 1, mean, var] for k, mean, var in marks]
+                              for f, marks in (reseeds or {}).items() if marks}),
+                       len(moments)]
     for field, m in moments.items():
         args += [field, m.n, repr(float(m.ref)), repr(float(m.offset)), repr(float(m.m2))]
     args += [dumps(row) for row in rows]
@@ -605,6 +624,14 @@ def history_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:
 
 def history_count(r: redis.Redis, tenant: str, event_type: str) -> int:
     return int(r.llen(keys.history(tenant, event_type)))
+
+
+def has_rows_since(r: redis.Redis, tenant: str, event_type: str, since: float,
+                   count: int) -> bool:
+    """Whether the newest ``count`` rows of history all have a timestamp at or after ``since``
+    (the history is appended in time order)."""
+    raw = r.lindex(keys.history(tenant, event_type), -count)
+    return raw is not None and json.loads(raw)["ts"] >= since
 
 
 def flagged_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:

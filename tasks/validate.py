@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -18,10 +19,21 @@ from core.config import Settings
 from ml.anomaly import AnomalyModel, robust_moments
 from ml.features import model_frame, payload_frame
 from ml.stats import Moments, column_moments
-from tasks import store
+from tasks import episodes, level_shifts, store
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
-from tasks.models import current_model, schedule_training, wants_training
+from tasks.models import (
+    calibrated_thresholds,
+    current_model,
+    derived_in,
+    level_shift_at,
+    meta_of,
+    outdated,
+    outdated_note,
+    schedule_training,
+    wants_training,
+)
 from tasks.verdicts import Judge, judge_events
+from tasks.webhooks import announce_episodes
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +89,7 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
     on, and a failed job still reports the events it merged (a job's event is either merged
     and reported, or neither, so a client resends only what was not).
     """
-    rules = Judge(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode)
+    rules = Judge.from_settings(cfg)
     entries = [(job_id, i, event) for job_id, events in jobs.items()
                for i, event in enumerate(events)]
     results: dict[str, list[dict]] = {job_id: [{} for _ in events]
@@ -179,6 +191,8 @@ class ModelInput:
     input: pd.DataFrame | None = None
     robust: dict[str, Moments] | None = None
     error: Exception | None = None
+    # Why the model at ``version`` does not judge (model_outdated_note), if it does not.
+    note: dict | None = None
 
 
 def prepare_model(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
@@ -192,10 +206,13 @@ def prepare_model(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
         if found is None:
             return ModelInput()
         version, model = found
+        shift_at = level_shift_at(r, tenant, event_type)
+        if outdated(meta_of(r, cfg, tenant, event_type, version), shift_at):
+            return ModelInput(version, note=outdated_note(shift_at, cfg))
         fields = list(values.columns)
         prepared = ModelInput(version, model, model_frame(
             values, timestamps, store.load_last_values(r, tenant, event_type, fields),
-            cfg.derived_features))
+            derived_in(model)))  # what it was trained with (earned), not the settings
         if cfg.baseline_mode == "robust":
             prepared.robust = {f: Moments(n, med, spread * spread * n)
                                for f, (n, med, spread) in robust_moments(model).items()}
@@ -217,6 +234,10 @@ class JudgedChunk:
     rows: list[dict]
     verdicts: list[dict]
     results: list[dict]
+    # What the chunk changed of its type's episodes (written when it merges); None: nothing.
+    episode_update: episodes.Outcome | None = None
+    # Its level shifts and the runs to write when it merges (None: level shifts are off).
+    shifts: level_shifts.Shifts | None = None
 
 
 def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
@@ -228,8 +249,16 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     baseline = store.load_baseline(r, tenant, event_type, fields)
     recent = store.load_recent(r, tenant, event_type, fields)
     model = prepare_model(r, cfg, tenant, event_type, values, timestamps)
+    # The z thresholds calibrated on the type's history with its current model.
+    thresholds = calibrated_thresholds(r, cfg, tenant, event_type, model.version)
+    if thresholds:
+        rules = dataclasses.replace(rules, thresholds=thresholds)
     verdicts = judge_events(values, baseline, rules, model.model, model.version, recent=recent,
-                            robust=model.robust, model_input=model.input, model_error=model.error)
+                            robust=model.robust, model_input=model.input, model_error=model.error,
+                            model_note=model.note)
+    # Before the results are built: a level shift changes the verdicts after it.
+    shifts = level_shifts.follow(r, cfg, tenant, event_type, values, timestamps, verdicts,
+                                 baseline, recent, rules)
     processed_at = datetime.now(UTC).isoformat(timespec="milliseconds")
     present = values.notna().to_numpy()
     figures = snapshot(baseline, recent)
@@ -241,7 +270,11 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
             "model_version": model.version,
             "baseline": {f: figures[f] for f, has in zip(fields, present[row])
                          if has and f in figures}})
-    return JudgedChunk(values, accepted_rows(values, timestamps), verdicts, results)
+    level_shifts.refigure(results, shifts)
+    # Last, on the final verdicts: each names its episode.
+    changed = episodes.follow(r, cfg, tenant, event_type, chunk, results)
+    return JudgedChunk(values, accepted_rows(values, timestamps), verdicts, results, changed,
+                       shifts)
 
 
 def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
@@ -253,6 +286,8 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     The jobs of a micro-batch (many jobs, one chunk) are merged in one call that marks every
     job's batch; should any of them have been merged before (a job redelivered while its
     first delivery still ran), they are merged job by job instead, each at most once.
+    The chunk's episode changes are written (and announced) with the merge of the whole
+    chunk only: merged job by job, it records none (the other delivery recorded its own).
     Only valid events move the all-time baseline and join the history (no poisoning); the
     recent baseline sees every value but clips outliers itself.
     """
@@ -265,12 +300,20 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     # (for a chunk of one job, simply that job's batch).
     first, *others = positions
     pipe = r.pipeline(transaction=True)
+    # Before the merge, so it applies exactly when the merge does (tasks.episodes).
+    episodes.queue_write(pipe, tenant, event_type, judged.episode_update,
+                         [batches[j] for j in positions])
+    level_shifts.queue_write(pipe, tenant, event_type, judged.shifts,
+                             [batches[j] for j in positions])
+    merge_at = len(pipe)
     _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, list(range(len(chunk))),
            batches[first], [batches[j] for j in others])
     for job_id, mine in positions.items():
         store.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
                                    [judged.results[p] for p in mine])
-    together = pipe.execute()[0]
+    together = pipe.execute()[merge_at]
+    if together and judged.episode_update:
+        announce_episodes(r, tenant, judged.episode_update.transitions)
     if others and not together:
         pipe = r.pipeline(transaction=True)
         for job_id, mine in positions.items():
@@ -290,7 +333,8 @@ def _apply(pipe: redis.client.Pipeline, cfg: Settings, tenant: str, event_type: 
         recent=values_in_order(matrix[mine], columns),
         flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
                  for p in mine if not verdicts[p]["valid"]],
-        together_with=together_with)
+        together_with=together_with,
+        reseeds=level_shifts.marks(judged.shifts, matrix, columns, mine))
 
 
 def summarise(results: list[dict]) -> dict:

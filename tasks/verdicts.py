@@ -5,27 +5,54 @@ Pure: frames and a fitted model in, plain dicts out (what the job store and webh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from core.config import Z_SHARE, Settings
 from ml.anomaly import AnomalyModel, top_contributors
+from ml.calibration import gaussian_z
 from ml.stats import Moments, baseline_frame, zscore, zscores
 
 log = logging.getLogger(__name__)
 
 
+# A field's z threshold when it has no calibrated one and the caller names no fallback: the
+# Gaussian z of the z-rule's share of the default alert budget (about 3.62).
+DEFAULT_FALLBACK = gaussian_z(Z_SHARE * Settings.alert_rate)
+
+
 @dataclass(frozen=True)
 class Judge:
-    z_threshold: float
+    # One fixed z threshold for every field (VIGIL_Z_THRESHOLD); None: per field, below.
+    z_threshold: float | None
     min_history: int
     model_min_rows: int
     # "both": out of range of the all-time and the recent baseline; "all_time", "recent" or
     # "robust" (median and MAD of the model's training sample): that one alone.
     baseline_mode: str = "all_time"
+    # Per field: the threshold calibrated on the type's history when its model was trained.
+    thresholds: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    # A field without one (no model yet, or a field the model never saw).
+    fallback: float = DEFAULT_FALLBACK
+
+    @classmethod
+    def from_settings(cls, cfg: Settings) -> Judge:
+        """The rules of these settings, before any calibration (tasks.models.z_thresholds
+        gives the calibrated ones: dataclasses.replace(judge, thresholds=...))."""
+        return cls(cfg.z_threshold, cfg.min_history, cfg.model_min_rows, cfg.baseline_mode,
+                   fallback=gaussian_z(cfg.z_rate))
+
+    def limit(self, field: str) -> float:
+        """The |z| beyond which a value of ``field`` is out of range."""
+        if self.z_threshold is not None:
+            return self.z_threshold
+        return self.thresholds.get(field, self.fallback)
 
 
 BASELINE_NAMES = {"all_time": "all-time", "recent": "recent", "robust": "robust (median/MAD)"}
@@ -49,8 +76,9 @@ def _describe(name: str, field: str, value: float, f: dict) -> str:
             f"(std {f['std']:g}; expected within [{low:g}, {high:g}])")
 
 
-def _out_of_range(field: str, value: float, judged: dict[str, dict]) -> dict:
-    """Warning for a value out of range of every baseline in ``judged`` (name -> figures).
+def _out_of_range(field: str, value: float, judged: dict[str, dict], limit: float) -> dict:
+    """Warning for a value out of range of every baseline in ``judged`` (name -> figures),
+    judged with the z threshold ``limit`` (reported as ``threshold``).
 
     The top-level figures are those of the first baseline; each baseline's own figures are
     under ``baselines`` so the verdict can be reproduced.
@@ -58,11 +86,31 @@ def _out_of_range(field: str, value: float, judged: dict[str, dict]) -> dict:
     first = next(iter(judged.values()))
     reasons = "; ".join(_describe(BASELINE_NAMES[name], field, value, f)
                         for name, f in judged.items())
-    return {"code": "out_of_range", "field": field, "message": f"{field}={value:g}: {reasons}",
+    return {"code": "out_of_range", "field": field,
+            "message": f"{field}={value:g}: {reasons}; its threshold is {limit:.3g} "
+                       "standard deviations",
+            "threshold": float(limit),
             "value": value, "mean": first["mean"], "std": first["std"], "z": first["z"],
             "expected_range": first["expected_range"], "baseline": "+".join(judged),
             "baselines": {name: {k: v for k, v in f.items() if k != "_z"}
                           for name, f in judged.items()}}
+
+
+def level_shift_warning(field: str, value: float, side: int, run: int,
+                        before: tuple[float, float], after: tuple[float, float]) -> dict:
+    """Warning for the value that completed a level shift of ``field``: ``run`` values in a
+    row out of range on ``side`` (+1 above, -1 below). before / after: (mean, std) of the
+    recent baseline it was judged against and of the one re-seeded from the run's values."""
+    direction = "above" if side > 0 else "below"
+    return {"code": "level_shift", "field": field,
+            "message": f"{field}={value:g}: {run} values in a row {direction} the expected "
+                       f"range: a new level. The recent baseline re-seeds from them (mean "
+                       f"{before[0]:g}, std {before[1]:g} -> mean {after[0]:g}, std "
+                       f"{after[1]:g}); later values are judged against it, the all-time "
+                       "baseline keeps its figures",
+            "value": value, "run": run,
+            "before": {"mean": float(before[0]), "std": float(before[1])},
+            "after": {"mean": float(after[0]), "std": float(after[1])}}
 
 
 def model_opinions(model: AnomalyModel, model_version: int | None,
@@ -104,7 +152,8 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
                  recent: dict[str, Moments] | None = None,
                  robust: dict[str, Moments] | None = None,
                  model_input: pd.DataFrame | None = None,
-                 model_error: BaseException | None = None) -> list[dict]:
+                 model_error: BaseException | None = None,
+                 model_note: dict | None = None) -> list[dict]:
     """One verdict per row of ``values`` (numeric fields of events of one type).
 
     baseline: all-time moments per field; recent: the drift-aware ones (as Moments);
@@ -112,7 +161,8 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
     model_input: what the model scores (``values`` plus derived features), default ``values``.
     model_error: why the model (``model_version``) could not be loaded or prepared. A model
     that cannot score, for that reason or its own, fails nothing: every event is judged by the
-    z-check alone, with a ``model_error`` note saying so.
+    z-check alone, with a ``model_error`` note saying so. model_note: with no model, why
+    (default: a ``no_model`` note).
     A verdict: ``valid``, ``warnings`` (each made it invalid), ``notes`` (said, not failed),
     ``anomaly_score`` (None when no model judged it).
     """
@@ -138,13 +188,14 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
             verdicts[row]["notes"].append(note)
 
     if z is not None:
-        limit = rules.z_threshold
+        # Per field (column): its calibrated threshold, or the fixed one.
+        limits = np.array([rules.limit(f) for f in values.columns], dtype=float)
         with np.errstate(invalid="ignore"):
-            out_all = (np.abs(z.to_numpy(dtype=float)) > limit)
+            out_all = (np.abs(z.to_numpy(dtype=float)) > limits)
             if recent_ready:
                 z_recent = zscores(values, baseline_frame(recent_ready)).to_numpy(dtype=float)
                 has_recent = ~np.isnan(z_recent) | values.isna().to_numpy()
-                out_recent = np.abs(z_recent) > limit
+                out_recent = np.abs(z_recent) > limits
             else:
                 has_recent = out_recent = np.zeros(values.shape, dtype=bool)
         # A field without a recent baseline yet is judged by the all-time one alone.
@@ -156,17 +207,19 @@ def judge_events(values: pd.DataFrame, baseline: dict[str, Moments], rules: Judg
             flagged = out_all
         for row, col in zip(*np.nonzero(flagged)):
             field, value = values.columns[col], float(values.iat[row, col])
+            limit = float(limits[col])
             judged = {}
             if rules.baseline_mode in ("both", "all_time") or not has_recent[row, col]:
                 judged["all_time"] = _figures(ready[field], value, limit)
             if rules.baseline_mode != "all_time" and has_recent[row, col]:
                 judged[other_name] = _figures(recent_ready[field], value, limit)
-            verdicts[row]["warnings"].append(_out_of_range(field, value, judged))
+            verdicts[row]["warnings"].append(_out_of_range(field, value, judged, limit))
 
     if model is None and model_error is None:
-        note = {"code": "no_model",
-                "message": "no anomaly model for this event type yet; one is trained once "
-                           f"{rules.model_min_rows} events of history exist"}
+        note = model_note or {
+            "code": "no_model",
+            "message": "no anomaly model for this event type yet; one is trained once "
+                       f"{rules.model_min_rows} events of history exist"}
         for verdict in verdicts:
             verdict["notes"].append(note)
     elif len(values):

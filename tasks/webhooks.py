@@ -18,7 +18,7 @@ from standardwebhooks import Webhook
 
 from core import metrics, ssrf
 from core.config import Settings
-from tasks import store, webhook_secrets
+from tasks import episodes, store, webhook_secrets
 from tasks.context import redis_client, settings
 from tasks.documents import iso, job_document
 
@@ -264,3 +264,70 @@ def send_due_webhooks() -> int:
     for tenant, job_id in due:
         deliver_webhook.delay(tenant, job_id)
     return len(due)
+
+
+# --- episode webhooks ---------------------------------------------------------------------
+
+def build_episode_payload(transition: str, episode: dict[str, Any], at: float) -> dict[str, Any]:
+    """The Standard Webhooks body of an episode's transition ("opened" or "closed"): the
+    episode as it was then, ``at`` when the transition was recorded."""
+    return {"type": f"episode.{transition}", "timestamp": iso(at), "data": episode}
+
+
+def episode_message_id(episode_id: str, transition: str) -> str:
+    """One id per episode and transition, the same on every retry."""
+    return f"msg_{episode_id}_{transition}"
+
+
+def announce_episodes(r: redis.Redis, tenant: str, transitions: list[tuple[str, dict]]) -> int:
+    """Enqueue a delivery per transition, if the tenant registered an episode webhook (after
+    the merge that recorded them applied). Returns how many were enqueued."""
+    if not transitions or episodes.get_webhook(r, tenant) is None:
+        return 0
+    at = store.now()
+    for transition, episode in transitions:
+        deliver_episode_webhook.delay(tenant, transition, episode, at)
+    return len(transitions)
+
+
+def attempt_episode_delivery(r: redis.Redis, cfg: Settings, tenant: str, url: str,
+                             transition: str, episode: dict[str, Any], at: float) -> None:
+    """One attempt, signed with the tenant's secrets as they are now."""
+    addresses = vetted(url, cfg.allow_private_callbacks)  # a refusal comes first
+    try:
+        secrets = webhook_secrets.signing_secrets(r, cfg, tenant, store.now())
+    except webhook_secrets.NoSecret as exc:
+        raise RefusedDelivery(f"not sent: {exc}") from exc
+    send_webhook(url, build_episode_payload(transition, episode, at),
+                 episode_message_id(episode["id"], transition), secrets, cfg.webhook_timeout_s,
+                 addresses=addresses)
+
+
+@shared_task(name="vigil.deliver_episode_webhook", bind=True, ignore_result=True)
+def deliver_episode_webhook(self, tenant: str, transition: str, episode: dict[str, Any],
+                            at: float) -> str:
+    """Deliver an episode.opened / episode.closed webhook to the tenant's episode webhook URL
+    (read afresh: one deleted meanwhile is not called), retried with Celery's own retry on
+    VIGIL_WEBHOOK_SCHEDULE up to VIGIL_WEBHOOK_MAX_ATTEMPTS. Each wait is at most half the
+    broker's visibility timeout: a longer countdown would make the Redis transport deliver
+    the task twice."""
+    r, cfg = redis_client(), settings()
+    hook = episodes.get_webhook(r, tenant)
+    if hook is None:
+        return "gone"
+    attempt = self.request.retries + 1
+    try:
+        attempt_episode_delivery(r, cfg, tenant, hook["url"], transition, episode, at)
+    except DeliveryError as exc:
+        final = isinstance(exc, RefusedDelivery) or attempt >= cfg.webhook_max_attempts
+        metrics.WEBHOOK_DELIVERIES.labels(outcome="failed" if final else "retrying").inc()
+        log.warning("episode webhook delivery failed", extra={
+            "tenant": tenant, "episode": episode.get("id"), "transition": transition,
+            "attempt": attempt, "final": final, "error": str(exc)})
+        if final:
+            return "failed"
+        delay = min(next_delay(cfg.webhook_schedule_s, attempt, exc.retry_after_s),
+                    cfg.visibility_timeout_s / 2)
+        raise self.retry(countdown=delay, max_retries=cfg.webhook_max_attempts - 1) from exc
+    metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
+    return "delivered"

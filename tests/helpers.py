@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 
@@ -48,3 +49,14 @@ def webhook_secret(client: httpx.Client) -> str:
     response = client.post("/v1/webhooks/secret")
     assert response.status_code == 201, response.text
     return response.json()["secret"]
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float) -> object:
+    """Poll ``predicate`` until it returns something truthy; its last value otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return predicate()

@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from tqdm import tqdm
@@ -233,6 +234,27 @@ def cmd_types(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def moment(epoch: float) -> str:
+    """An event timestamp (epoch seconds) as UTC ISO-8601."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_episodes(client: Client, args: argparse.Namespace) -> int:
+    episodes = client.episodes(args.event_type, open_only=args.open)
+    if args.json:
+        dump(episodes)
+    elif not episodes:
+        out("no open episodes" if args.open else "no episodes yet")
+    else:
+        rows = [(e["id"], moment(e["opened_at"]),
+                 "open" if e["closed_at"] is None else moment(e["closed_at"]), e["count"],
+                 e["rule"], f"{(e.get('peak') or {}).get('field') or '-'}")
+                for e in episodes]
+        out(table(("episode", "opened", "closed", "events", "rule", "peak field"), rows,
+                  right={1, 2, 3}))
+    return 0
+
+
 def cmd_webhook_secret(client: Client, args: argparse.Namespace) -> int:
     if args.status:
         info = client.webhook_secret_info()
@@ -332,6 +354,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait", action="store_true", help="wait for the new model")
 
     command("types", cmd_types, "event types with their history counts and models")
+
+    p = command("episodes", cmd_episodes, "an event type's episodes (runs of flagged events), "
+                                          "newest first")
+    p.add_argument("event_type", metavar="TYPE")
+    p.add_argument("--open", action="store_true", help="only those still open")
 
     p = command("webhook-secret", cmd_webhook_secret,
                 "create (or rotate) this tenant's webhook secret and print it: it is shown once; "

@@ -326,6 +326,13 @@ class Client:
             events, _ = events_from_json(path_or_events, "path_or_events")
         return self._json("POST", path, json={"events": events})
 
+    def episodes(self, event_type: str, open_only: bool = False) -> list[dict]:
+        """The type's episodes, newest first: [{id, opened_at, last_flagged_at, closed_at,
+        count, peak, rule}]; open_only: those still open."""
+        params = {"open": "true"} if open_only else {}
+        return self._json("GET", f"/v1/event-types/{_segment(event_type)}/episodes",
+                          params=params)["episodes"]
+
     # -- webhook secret --------------------------------------------------------------------
 
     def rotate_webhook_secret(self) -> dict:
@@ -341,6 +348,20 @@ class Client:
     def end_webhook_secret_overlap(self) -> None:
         """Stop signing with the replaced secret now, before its overlap ends."""
         self._request("DELETE", "/v1/webhooks/secret/previous")
+
+    # -- episode webhooks ------------------------------------------------------------------
+
+    def set_episode_webhook(self, url: str) -> dict:
+        """Send this tenant's episode.opened / episode.closed webhooks to ``url`` (signed with
+        its webhook secret, which must exist first)."""
+        return self._json("PUT", "/v1/webhooks/episodes", json={"url": url})
+
+    def episode_webhook(self) -> dict:
+        """{url, created_at, events}; VigilError 404 when none is registered."""
+        return self._json("GET", "/v1/webhooks/episodes")
+
+    def delete_episode_webhook(self) -> None:
+        self._request("DELETE", "/v1/webhooks/episodes")
 
 
 def _csv_bytes(csv: bytes | str | Path) -> bytes:

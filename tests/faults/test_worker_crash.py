@@ -71,12 +71,16 @@ def spread(n: int) -> list[float]:
 # "checkout": 200 rows of history (so it has an anomaly model), then events that sit well
 # inside the history, whose verdicts do not depend on when in the job they are judged.
 STEADY = [95 + (i % 101) / 10 for i in range(EVENTS)]
-# "pay": 40 rows of history (no model under VIGIL_MODEL_MIN_ROWS=50: only the z-check, whose
-# verdicts this test can predict). Its first batch (CHUNK = 1000 events in time order) holds
-# 980 values over [100, 116] (valid against the history) and 20 at 120: z = 3.4, invalid.
-# Once the 980 are merged the baseline is about 107.7 +- 5.2, where 120 is z = 2.4: judged
-# again, those 20 would be valid. The rest of the job is like the 980 and valid either way.
-SHIFTED = [100 + 16 * (i % 49) / 48 for i in range(980)] + [120.0] * 20 \
+# "pay": 40 rows of history (no model under VIGIL_MODEL_MIN_ROWS=50: only the z-check, with
+# the Gaussian threshold of the alert budget, 3.62: verdicts this test can predict). Its first
+# batch (CHUNK = 1000 events in time order) holds 980 values over [100, 116] (valid against the
+# history) and, at the odd positions from 961 on, 20 at 125: z = 4.3, invalid (each between
+# ordinary values: 5 in a row would be a level shift). Once the 980 are merged the baseline is
+# about 107.7 +- 5.2, where 125 is z = 3.3: judged again, those 20 would be valid. The rest of
+# the job is like the 980 and valid either way.
+WILD = [f"e-{i}" for i in range(961, 1000, 2)]
+SHIFTED = [100 + 16 * (i % 49) / 48 for i in range(960)] \
+    + [x for i in range(20) for x in (100 + 16 * (i % 49) / 48, 125.0)] \
     + [100 + 16 * (i % 49) / 48 for i in range(EVENTS - 1000)]
 
 
@@ -140,10 +144,10 @@ def test_redelivered_job_reports_the_verdicts_it_merged(sigkilled):
     assert job["status"] == "succeeded", job
     assert job["started_at"] != sigkilled["running"]["pay"]["started_at"], "not redelivered"
     merged = sigkilled["counts_after"]["pay"] - sigkilled["counts_before"]["pay"]
-    at_120 = [r for r in job["results"] if r["event_id"] in {f"e-{i}" for i in range(980, 1000)}]
+    wild = [r for r in job["results"] if r["event_id"] in WILD]
     # Before the crash the first batch was judged against the history alone: the 20 events at
-    # 120 were invalid and stayed out of the baseline. The job must say so...
-    assert [r["valid"] for r in at_120] == [False] * 20, \
+    # 125 were invalid and stayed out of the baseline. The job must say so...
+    assert [r["valid"] for r in wild] == [False] * 20, \
         "events kept out of the baseline are reported valid"
     # ...and what it reports as accepted is what moved the baseline.
     assert merged == job["summary"]["valid"], (

@@ -104,7 +104,7 @@ def test_import_submit_results_baseline_status_and_train(vigil, event_type, tmp_
     code, out, err = vigil("train", event_type, "--wait")
     assert code == 0, err
     assert ("succeeded: model v2 trained on 301 rows "
-            "(features: amount, @time_of_day.sin, @time_of_day.cos)") in out
+            "(features: amount)") in out  # a 5-hour history: time of day not earned
     code, out, err = vigil("train", event_type, "--wait", "--json")  # options after the command too
     assert code == 0, err
     assert json.loads(out)["summary"]["model"]["version"] == 3

@@ -16,8 +16,9 @@ def seed(client, event_type: str, n: int = 400, seed: int = 7) -> tuple[dict, np
     rng = np.random.default_rng(seed)
     amounts = rng.normal(100, 10, n)
     items = rng.normal(5, 1, n)
-    # Spread over a whole day, so no time of day is new to the model.
-    events = [{"timestamp": T0 + i * 86_400 // n,
+    # Spread over three days: the model earns time_of_day (two full days needed), and no
+    # time of day is new to it.
+    events = [{"timestamp": T0 + i * 3 * 86_400 // n,
                "payload": {"amount": float(a), "cart": {"items": float(b)}}}
               for i, (a, b) in enumerate(zip(amounts, items))]
     response = client.post(f"/v1/event-types/{event_type}/history", json={"events": events})
@@ -126,7 +127,10 @@ def test_cold_start_is_said_not_failed(alpha, event_type):
     # Accepted: it now counts toward the history.
     baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
     assert baseline["fields"] == [{"field": "amount", "count": 1, "mean": 5.0, "std": 0.0,
-                                   "checked": False}]
+                                   "checked": False, "z_threshold": {
+                                       "threshold": pytest.approx(3.6153, abs=1e-4),
+                                       "source": "gaussian: no calibration yet",
+                                       "implied_rate": None}}]
 
 
 def test_batch_job_and_results_csv(alpha, event_type):

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from helpers import EVENT, KEYS, WEBHOOK_SECRET, problem, wait_for, webhook_secret
+from helpers import EVENT, KEYS, WEBHOOK_SECRET, problem, wait_for, wait_until, webhook_secret
 from standardwebhooks import Webhook, WebhookVerificationError
 from werkzeug.serving import make_server
 
@@ -493,16 +493,6 @@ def test_slow_receivers_hold_neither_judging_nor_a_delivery_past_its_limit(alpha
         for job_id in hooked:
             state = wait_webhook_attempted(alpha, job_id)
             assert "within the attempt's 4 s limit" in state["last_error"], state
-
-
-def wait_until(predicate, timeout_s: float):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return predicate()
 
 
 def wait_webhook_attempted(client, job_id: str, timeout_s: float = 15) -> dict:

@@ -6,6 +6,7 @@ from core.config import (
     DEV_API_KEY,
     DEV_TENANT,
     DEV_WEBHOOK_SECRET,
+    Z_SHARE,
     ConfigError,
     Settings,
     key_digest,
@@ -20,9 +21,9 @@ def test_defaults():
     assert s.env == "development" and s.redis_url == "redis://127.0.0.1:6379/0"
     assert dict(s.api_keys) == {key_digest(DEV_API_KEY): DEV_TENANT} and s.using_dev_key
     assert s.webhook_secret == DEV_WEBHOOK_SECRET
-    assert (s.z_threshold, s.min_history, s.model_min_rows) == (3.0, 30, 50)
+    assert (s.z_threshold, s.min_history, s.model_min_rows) == (None, 30, 50)
     assert s.visibility_timeout_s == 3600
-    assert Settings.from_env({"VIGIL_Z_THRESHOLD": "  "}).z_threshold == 3.0  # blank = unset
+    assert Settings.from_env({"VIGIL_Z_THRESHOLD": "  "}).z_threshold is None  # blank = unset
 
 
 def test_api_keys_map_digests_to_tenants():
@@ -97,6 +98,22 @@ def test_non_numeric_setting_names_the_variable(name, raw):
 def test_meaningless_settings_are_refused(env):
     with pytest.raises(ConfigError):
         Settings.from_env(env)
+
+
+def test_alert_budget_is_split_between_the_z_rule_and_the_model():
+    s = Settings.from_env({})
+    assert s.alert_rate == 0.001 and s.anomaly_contamination is None
+    assert s.z_rate == pytest.approx(Z_SHARE * 0.001)
+    assert s.model_contamination == pytest.approx((1 - Z_SHARE) * 0.001)
+    tuned = Settings.from_env({"VIGIL_ALERT_RATE": "0.01", "VIGIL_ANOMALY_CONTAMINATION": "0.02",
+                               "VIGIL_Z_THRESHOLD": "4.5"})
+    assert (tuned.alert_rate, tuned.model_contamination, tuned.z_threshold) == (0.01, 0.02, 4.5)
+
+
+@pytest.mark.parametrize("raw", ["0", "0.5", "-0.1", "nan", "1"])
+def test_alert_rate_out_of_range_is_refused_by_name(raw):
+    with pytest.raises(ConfigError, match=r"VIGIL_ALERT_RATE must be in \(0, 0.5\)"):
+        Settings.from_env({"VIGIL_ALERT_RATE": raw})
 
 
 def test_nan_z_threshold_is_refused():
