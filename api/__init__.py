@@ -60,10 +60,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         app.register_blueprint(assets)
 
     # Imported here, after ARGUMENTS_PARSER is set: their views take the parser when defined.
-    from api import event_types, health, jobs, ui, webhooks
+    from api import event_types, feedback, health, jobs, ui, webhooks
     from api.fast_submit import FastSubmit
 
-    for module in (jobs, event_types, webhooks, health):
+    for module in (jobs, event_types, feedback, webhooks, health):
         api.register_blueprint(module.blp)
     app.register_blueprint(ui.blp)  # the /ui web page: plain Flask, not in the OpenAPI document
     # The hot request, single events, answered without the framework where it can be.

@@ -30,3 +30,10 @@ def require_tenant() -> None:
         abort(401, message="Missing or unknown API key: send Authorization: Bearer <key>.",
               headers={"WWW-Authenticate": 'Bearer realm="vigil"'})
     flask.g.tenant = tenant
+    flask.g.actor = actor_of(flask.request.headers["Authorization"])
+
+
+def actor_of(authorization: str) -> str:
+    """Who made a change, for audit trails: the API key by the first 12 hex digits of its
+    digest (never the key)."""
+    return "key:" + key_digest(authorization.partition(" ")[2].strip())[:12]

@@ -41,7 +41,8 @@ blp.before_request(require_tenant)
 blp.before_request(limit_rate)
 
 TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
-                 "train": "vigil.train_job"}
+                 "train": "vigil.train_job", "backtest": "vigil.backtest_job",
+                 "revalidate": "vigil.revalidate_job"}
 CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
             "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
 # WSGI environ key: the job id api.fast_submit tried to store a request under before it
@@ -58,7 +59,8 @@ def submit(kind: str, events: list[dict], **options):
 
 
 def accept(kind: str, events: list[dict], *, event_type: str | None = None,
-           callback_url: str | None = None, task: str | None = None, single: bool = False):
+           callback_url: str | None = None, task: str | None = None, single: bool = False,
+           params: dict | None = None):
     """Store a job, enqueue its task and answer 202 with where to poll.
 
     single (POST /v1/events/validate): admitted by admit_single_event, as the fast path does.
@@ -75,7 +77,7 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     else:
         stored_retrying(lambda: store.create_job(
             svc.redis, svc.settings, tenant, kind=kind, events=events, event_type=event_type,
-            callback_url=callback_url, job_id=job_id), retry=True)
+            callback_url=callback_url, job_id=job_id, params=params), retry=True)
         svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
     flask.g.job_id = job_id  # for the request's log line
     status_url = flask.url_for("jobs.Job", job_id=job_id)

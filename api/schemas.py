@@ -277,6 +277,9 @@ class ResultSchema(ma.Schema):
     notes = fields.List(fields.Nested(NoteSchema))
     anomaly_score = fields.Float(allow_none=True)
     model_version = fields.Integer(allow_none=True)
+    settings_version = fields.Integer(metadata={
+        "description": "the version of the type's settings it was judged with (0: the "
+                       "environment's; GET /v1/event-types/{type}/settings)"})
     baseline = fields.Dict(metadata={"description": "per field, the baselines it was judged "
                                                     "against (n, mean, std, recent_*)"})
     episode = fields.String(allow_none=True, metadata={
@@ -291,14 +294,17 @@ class ProgressSchema(ma.Schema):
 
 class JobSchema(ma.Schema):
     job_id = fields.String()
-    kind = fields.String(metadata={"description": "validate, history or train"})
+    kind = fields.String(metadata={"description": "validate, history, train, backtest or "
+                                                 "revalidate"})
     status = fields.String(metadata={"description": "queued, running, succeeded, failed, cancelled"})
     event_type = fields.String(allow_none=True)
     progress = fields.Nested(ProgressSchema)
     created_at = fields.String()
     started_at = fields.String(allow_none=True)
     finished_at = fields.String(allow_none=True)
-    summary = fields.Dict(allow_none=True)
+    summary = fields.Dict(allow_none=True, metadata={
+        "description": "what the job found; a backtest's or a replay's whole answer"})
+    params = fields.Dict(metadata={"description": "what a backtest or replay was asked"})
     error = fields.String(allow_none=True)
     callback_url = fields.String(allow_none=True)
     webhook = fields.Dict(allow_none=True)
@@ -385,6 +391,8 @@ class ModelSchema(ma.Schema):
                        "set aside (verdicts note model_outdated) until one learns the new level"})
     level_shift_at = fields.Float(allow_none=True, metadata={
         "description": "timestamp of the type's latest level shift, if any"})
+    settings_version = fields.Integer(metadata={
+        "description": "the version of the type's settings it was trained with"})
 
 
 class FailedWebhookSchema(ma.Schema):

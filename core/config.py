@@ -8,7 +8,8 @@ import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 DEV_API_KEY = "vigil-dev-key"
 DEV_TENANT = "dev"
@@ -30,6 +31,10 @@ DERIVED_FEATURES = ("time_of_day", "delta")
 # the z-rule (its per-field thresholds are calibrated to flag Z_SHARE * rate of ordinary
 # values), the rest to the anomaly model (its contamination). The only place it is set.
 Z_SHARE = 0.3
+# What an event type's own settings (PUT /v1/event-types/{type}/settings, tasks.type_settings)
+# may override; every other setting is the service's, from the environment only.
+TYPE_SETTINGS = ("z_threshold", "baseline_mode", "alert_rate", "derived_features",
+                 "min_history", "check_fields", "ignore_fields")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -139,6 +144,11 @@ class Settings:
     level_shift_run: int = 5
     # Derived model features: "time_of_day" and/or "delta" (change from the previous value).
     derived_features: tuple[str, ...] = ("time_of_day",)
+    # Which payload fields are checked (None: every numeric one) and which never are. Set per
+    # event type only (TYPE_SETTINGS); unchecked fields still join baselines and history, so
+    # checking them again needs no new history.
+    check_fields: tuple[str, ...] | None = None
+    ignore_fields: tuple[str, ...] = ()
     model_min_rows: int = 50
     # Single events scored in micro-batches (off: one task per event, the slow reference).
     micro_batch: bool = True
@@ -187,6 +197,30 @@ class Settings:
         if self.anomaly_contamination is not None:
             return self.anomaly_contamination
         return (1.0 - Z_SHARE) * self.alert_rate
+
+    def checks(self, field_name: str) -> bool:
+        """Whether values of this payload field are judged (check_fields, ignore_fields)."""
+        if field_name in self.ignore_fields:
+            return False
+        return self.check_fields is None or field_name in self.check_fields
+
+    def for_type(self, overrides: Mapping[str, Any]) -> Settings:
+        """These settings with an event type's overrides (names in TYPE_SETTINGS; lists as
+        stored in JSON are taken as tuples). Raises ConfigError for an unknown name or a
+        value check() refuses."""
+        unknown = sorted(set(overrides) - set(TYPE_SETTINGS))
+        if unknown:
+            raise ConfigError(f"not a per-type setting: {', '.join(unknown)}")
+        if not overrides:
+            return self
+        typed = replace(self, **{name: tuple(value) if isinstance(value, list) else value
+                                 for name, value in overrides.items()})
+        typed.check()
+        return typed
+
+    def type_defaults(self) -> dict[str, Any]:
+        """The per-type settings as these settings have them (the environment's)."""
+        return {name: getattr(self, name) for name in TYPE_SETTINGS}
 
     @property
     def webhook_secrets(self) -> tuple[str, ...]:

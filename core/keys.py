@@ -173,3 +173,27 @@ def level_shift_at(tenant: str, event_type: str) -> str:
     """String: the timestamp of the event that completed the type's latest level shift. An
     anomaly model trained before it is set aside until one is trained on the new level."""
     return f"{PREFIX}:{tenant}:level-shift-at:{event_type}"
+
+
+def type_settings(tenant: str, event_type: str) -> str:
+    """Hash: version (0 or absent: the environment's settings), overrides (JSON: the
+    per-type settings set with PUT /v1/event-types/{type}/settings), updated_at."""
+    return f"{PREFIX}:{tenant}:settings:{event_type}"
+
+
+def type_settings_log(tenant: str, event_type: str) -> str:
+    """List: every settings change of the type, newest first, as JSON {version, at, before,
+    after} (bounded)."""
+    return f"{PREFIX}:{tenant}:settings-log:{event_type}"
+
+
+def feedback(tenant: str, event_type: str) -> str:
+    """Hash: '<job id>:<index>' -> the event's current feedback as JSON {label, note, at,
+    by, ts, v, valid, in_history} (tasks.feedback)."""
+    return f"{PREFIX}:{tenant}:feedback:{event_type}"
+
+
+def feedback_log(tenant: str, event_type: str) -> str:
+    """List: the audit trail of the type's feedback, newest first, as JSON {event, at, by,
+    before, after} (bounded)."""
+    return f"{PREFIX}:{tenant}:feedback-log:{event_type}"

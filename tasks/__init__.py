@@ -6,7 +6,8 @@ from celery import Celery
 
 from core.config import EVENTS_QUEUE, WEBHOOKS_QUEUE, Settings
 
-TASK_MODULES = ["tasks.validate", "tasks.micro_batch", "tasks.history", "tasks.models", "tasks.webhooks"]
+TASK_MODULES = ["tasks.validate", "tasks.micro_batch", "tasks.history", "tasks.models", "tasks.webhooks",
+                "tasks.replay"]
 
 
 # The three kinds of worker (`make run` and the tests use these; docker-compose.yml spells

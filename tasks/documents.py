@@ -28,6 +28,8 @@ def job_document(job: dict[str, Any], results: list[dict] | None) -> dict[str, A
         "callback_url": job.get("callback_url"),
         "webhook": job.get("webhook"),
     }
+    if job.get("params"):
+        document["params"] = job["params"]
     if results is not None:
         document["results"] = results
     return document

@@ -10,7 +10,7 @@ from celery import shared_task
 from core.config import Settings
 from ml.features import payload_frame
 from ml.stats import column_moments
-from tasks import store
+from tasks import store, type_settings
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import train
 from tasks.validate import accepted_rows, values_in_order
@@ -40,12 +40,16 @@ def import_history(r: redis.Redis, cfg: Settings, tenant: str,
 
 
 def _train_summary(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict:
-    meta = train(r, cfg, tenant, event_type)
+    typed, settings_version = type_settings.effective(r, cfg, tenant, event_type)
+    meta = train(r, typed, tenant, event_type, settings_version)
     if meta is None:
         rows = store.history_count(r, tenant, event_type)
+        if rows >= typed.model_min_rows:
+            return {"model": None, "model_note": "the type's settings check none of its "
+                                                 "fields (check_fields, ignore_fields)"}
         return {"model": None,
                 "model_note": f"{rows} events of history; the anomaly model needs "
-                              f"{cfg.model_min_rows}"}
+                              f"{typed.model_min_rows}"}
     return {"model": meta}
 
 

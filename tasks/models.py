@@ -21,7 +21,7 @@ from ml.calibration import (
 )
 from ml.features import DELTA_PREFIX, TIME_OF_DAY, model_frame
 from ml.model_io import dump_model, load_model
-from tasks import store
+from tasks import store, type_settings
 from tasks.context import redis_client, settings
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,13 @@ def outdated_note(shift_at: float, cfg: Settings) -> dict:
                        "the history. Judged by the z-check alone"}
 
 
-def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict | None:
-    """Fit a model on the stored history and store it as a new version.
+def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
+          settings_version: int = 0) -> dict | None:
+    """Fit a model on the stored history with the type's settings ``cfg`` (version
+    ``settings_version``) and store it as a new version.
 
-    Returns its metadata, or None when the history is too short to learn from.
+    Returns its metadata, or None when the history is too short to learn from (or no field
+    of it is checked).
     """
     new_rows = store.new_rows_since_training(r, tenant, event_type)
     rows = store.history_rows(r, tenant, event_type)
@@ -128,24 +131,39 @@ def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict |
         rows = since
     else:
         trained_from = None
-    values = training_frame([row["v"] for row in rows])
-    timestamps = [row["ts"] for row in rows]
-    derived, why = earned_features(cfg, timestamps)
-    frame = model_frame(values, timestamps, {}, derived)
-    model = AnomalyModel(contamination=cfg.model_contamination).fit(frame)
-    training_scores = model.score(frame)
-    meta = {"rows": model.n_rows_, "features": model.features_,
-            "derived_features": list(derived), "derived_features_why": why,
-            "contamination": model.contamination, "threshold": model.threshold_,
-            "implied_rate": float(np.mean(training_scores > model.threshold_)),
-            "alert_rate": cfg.alert_rate, "trained_from": trained_from,
-            "z_thresholds": {str(f): calibration_meta(cfg, calibrate_field(cfg, values[f]))
-                             for f in values.columns}}
+    fitted = fit(cfg, rows)
+    if fitted is None:
+        return None
+    model, meta = fitted
+    meta.update(trained_from=trained_from, settings_version=settings_version)
     version = store.save_model(r, tenant, event_type, dump_model(model), meta,
                                trained_on_new_rows=new_rows)
     log.info("trained model", extra={"tenant": tenant, "event_type": event_type,
                                      "version": version, "rows": model.n_rows_})
     return store.model_meta(r, tenant, event_type)
+
+
+def fit(cfg: Settings, rows: list[dict]) -> tuple[AnomalyModel, dict] | None:
+    """A model of these history rows (time order) and its card: features, the threshold
+    and the z thresholds calibrated to ``cfg``'s alert budget. None: no field is checked."""
+    values = training_frame([row["v"] for row in rows])
+    # The fields the settings check (the history keeps the others too).
+    values = values[[f for f in values.columns if cfg.checks(f)]]
+    if values.columns.empty:
+        return None
+    timestamps = [row["ts"] for row in rows]
+    derived, why = earned_features(cfg, timestamps)
+    frame = model_frame(values, timestamps, {}, derived)
+    model = AnomalyModel(contamination=cfg.model_contamination).fit(frame)
+    training_scores = model.score(frame)
+    return model, {
+        "rows": model.n_rows_, "features": model.features_,
+        "derived_features": list(derived), "derived_features_why": why,
+        "contamination": model.contamination, "threshold": model.threshold_,
+        "implied_rate": float(np.mean(training_scores > model.threshold_)),
+        "alert_rate": cfg.alert_rate,
+        "z_thresholds": {str(f): calibration_meta(cfg, calibrate_field(cfg, values[f]))
+                         for f in values.columns}}
 
 
 def earned_features(cfg: Settings, timestamps: list[float]) -> tuple[list[str], dict[str, str]]:
@@ -238,9 +256,10 @@ def schedule_training(r: redis.Redis, cfg: Settings, tenant: str, event_type: st
 
 @shared_task(name="vigil.train_model", ignore_result=True)
 def train_model(tenant: str, event_type: str) -> None:
-    r, cfg = redis_client(), settings()
+    r = redis_client()
     try:
-        train(r, cfg, tenant, event_type)
+        typed, version = type_settings.effective(r, settings(), tenant, event_type)
+        train(r, typed, tenant, event_type, version)
     finally:
         r.delete(keys.training_lock(tenant, event_type))
 
@@ -251,6 +270,7 @@ def retrain_due() -> int:
     r, cfg = redis_client(), settings()
     scheduled = 0
     for tenant, event_type in store.known_types(r):
-        if wants_training(r, cfg, tenant, event_type):
-            scheduled += schedule_training(r, cfg, tenant, event_type)
+        typed, _ = type_settings.effective(r, cfg, tenant, event_type)
+        if wants_training(r, typed, tenant, event_type):
+            scheduled += schedule_training(r, typed, tenant, event_type)
     return scheduled

@@ -26,7 +26,7 @@ FINISHED = frozenset({SUCCEEDED, FAILED, CANCELLED})
 RECENT_JOBS_KEPT = 200
 FLAGGED_KEPT = 1000
 # Job hash fields holding JSON rather than plain strings.
-_JSON_FIELDS = ("summary", "webhook")
+_JSON_FIELDS = ("summary", "webhook", "params")
 
 
 def dumps(value: Any) -> bytes:
@@ -115,16 +115,18 @@ return 0
 def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
                events: Sequence[Mapping] = (), event_type: str | None = None,
                callback_url: str | None = None, rate_limit: int = 0,
-               job_id: str | None = None) -> str:
+               job_id: str | None = None, params: Mapping | None = None) -> str:
     """Store a queued job and its events; the caller enqueues the task that runs it.
 
     rate_limit > 0: count the request against it first; over it, raise OverRateLimit.
     job_id: the id to store it under (new_job_id()); if that job exists already (this is a
     retry after a lost reply), nothing is stored again. The caller enqueues either way: the
     first call, whose reply was lost, enqueued nothing.
+    params: what the job is asked to do beyond its events (a backtest's settings), as JSON.
     """
     return _create(r, settings, tenant, kind=kind, events=events, event_type=event_type,
-                   callback_url=callback_url, rate_limit=rate_limit, job_id=job_id)[0]
+                   callback_url=callback_url, rate_limit=rate_limit, job_id=job_id,
+                   params=params)[0]
 
 
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
@@ -146,7 +148,8 @@ ALREADY_STORED = -2
 def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             events: Sequence[Mapping], event_type: str | None = None,
             callback_url: str | None = None, to_inbox: bool = False,
-            rate_limit: int = 0, job_id: str | None = None) -> tuple[str, int]:
+            rate_limit: int = 0, job_id: str | None = None,
+            params: Mapping | None = None) -> tuple[str, int]:
     job_id = job_id or new_job_id()
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
               "attempts": 0, "created_at": now()}
@@ -154,6 +157,8 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["event_type"] = event_type
     if callback_url:
         fields["callback_url"] = callback_url
+    if params:
+        fields["params"] = dumps(params)
     inbox_length = int(r.register_script(_CREATE)(
         keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
               keys.events_inbox(), _current_window(tenant)],
@@ -398,20 +403,11 @@ def take_due_webhooks(r: redis.Redis, until: float) -> list[tuple[str, str]]:
 # baselines and latest values, and appends history rows, once per batch id (or set of
 # them): a job redelivered after a crash finds its marker and changes nothing. One script,
 # so concurrent workers merging into the same field serialise inside Redis and lose nothing.
-_APPLY_BATCH = """
--- KEYS[11..]: markers of further batches merged together with this one (a micro-batch's
--- jobs): all or none of them are merged.
-for k = 11, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then return 0 end
-end
-if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-for k = 11, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
-local history_max = tonumber(ARGV[2])
-local sqrt = math.sqrt
-local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
--- All-time moments as 'n,ref,offset,m2': the mean is ref + offset (ml.stats.Moments), kept
--- as the rounded mean and its rounding error, so merges work on small offsets and keep
--- full precision for values far from zero. Stored before that as 'n,mean,m2' (offset 0).
+# Lua shared by the scripts that move all-time moments (_APPLY_BATCH, tasks.feedback).
+# All-time moments as 'n,ref,offset,m2': the mean is ref + offset (ml.stats.Moments), kept
+# as the rounded mean and its rounding error, so merges work on small offsets and keep full
+# precision for values far from zero. Stored before that as 'n,mean,m2' (offset 0).
+MOMENTS_LUA = """
 local huge = math.huge
 local function finite(x) return x == x and x < huge and x > -huge end
 local function moments(raw)
@@ -426,6 +422,22 @@ local function rebased(ref, off)
   local bb = s - ref
   return s, (ref - (s - bb)) + (off - bb)
 end
+local function moments_text(n, ref, off, m2)
+  return string.format('%d,%.17g,%.17g,%.17g', n, ref, off, m2)
+end
+"""
+
+_APPLY_BATCH = MOMENTS_LUA + """
+-- KEYS[11..]: markers of further batches merged together with this one (a micro-batch's
+-- jobs): all or none of them are merged.
+for k = 11, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 1 then return 0 end
+end
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
+for k = 11, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
+local history_max = tonumber(ARGV[2])
+local sqrt = math.sqrt
+local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local n_fields = tonumber(ARGV[12])
 local i = 13
 for _ = 1, n_fields do
@@ -451,7 +463,7 @@ for _ = 1, n_fields do
   -- Never store a non-finite result: the field keeps its moments (values are bounded by
   -- MAX_MAGNITUDE before they get here, so this guards, it does not happen).
   if finite(ref) and finite(off) and finite(m2) then
-    redis.call('HSET', KEYS[2], field, string.format('%d,%.17g,%.17g,%.17g', n, ref, off, m2))
+    redis.call('HSET', KEYS[2], field, moments_text(n, ref, off, m2))
   end
 end
 -- Recent baselines: every value in time order, clipped to mean +/- clip*std once warm.
@@ -495,7 +507,7 @@ for field, values in pairs(cjson.decode(ARGV[8])) do
   end
   ref, mean = rebased(ref, mean)
   if finite(ref) and finite(mean) and finite(var) then  -- as the all-time moments
-    redis.call('HSET', KEYS[7], field, string.format('%d,%.17g,%.17g,%.17g', n, ref, mean, var))
+    redis.call('HSET', KEYS[7], field, moments_text(n, ref, mean, var))
   end
   redis.call('HSET', KEYS[8], field, string.format('%.17g', values[#values]))
 end

@@ -19,7 +19,7 @@ from core.config import Settings
 from ml.anomaly import AnomalyModel, robust_moments
 from ml.features import model_frame, payload_frame
 from ml.stats import Moments, column_moments
-from tasks import episodes, level_shifts, store
+from tasks import episodes, level_shifts, store, type_settings
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import (
     calibrated_thresholds,
@@ -89,7 +89,6 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
     on, and a failed job still reports the events it merged (a job's event is either merged
     and reported, or neither, so a client resends only what was not).
     """
-    rules = Judge.from_settings(cfg)
     entries = [(job_id, i, event) for job_id, events in jobs.items()
                for i, event in enumerate(events)]
     results: dict[str, list[dict]] = {job_id: [{} for _ in events]
@@ -97,6 +96,9 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
     errors: dict[str, Exception] = {}
     done = 0
     for event_type, chunks in chunks_by_type(entries):
+        # The type's own settings (PUT .../settings) judge it, and its verdicts name them.
+        typed, settings_version = type_settings.effective(r, cfg, tenant, event_type)
+        rules = Judge.from_settings(typed)
         for chunk in chunks:
             batches = batch_ids(chunk, event_type)
             merged_before = store.partial_results(r, tenant, batches)
@@ -104,8 +106,9 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
                     if entry[0] not in merged_before and entry[0] not in errors]
             if todo:
                 try:
-                    judged = judge_chunk(r, cfg, tenant, event_type, todo, rules)
-                    merge_per_job(r, cfg, tenant, event_type, todo, judged, batches)
+                    judged = judge_chunk(r, typed, tenant, event_type, todo, rules,
+                                         settings_version)
+                    merge_per_job(r, typed, tenant, event_type, todo, judged, batches)
                 except redis.RedisError:
                     raise  # waited out by the caller (through_outages); merges are idempotent
                 except Exception as exc:
@@ -122,7 +125,7 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
             done += len(chunk)
             if on_progress:
                 on_progress(done)
-        train_if_due(r, cfg, tenant, event_type)
+        train_if_due(r, typed, tenant, event_type)
     return Verdicts({job_id: [x for x in verdicts if x] if job_id in errors else verdicts
                      for job_id, verdicts in results.items()},
                     {job_id: not_judged(results[job_id], exc) for job_id, exc in errors.items()})
@@ -238,12 +241,18 @@ class JudgedChunk:
     episode_update: episodes.Outcome | None = None
     # Its level shifts and the runs to write when it merges (None: level shifts are off).
     shifts: level_shifts.Shifts | None = None
+    # The job of each event.
+    job_ids: list[str] = dataclasses.field(default_factory=list)
 
 
 def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
-                chunk: list[tuple[str, int, dict]], rules: Judge) -> JudgedChunk:
-    """One z-score pass and one model call for a chunk of events of one type."""
-    values = payload_frame([event["payload"] for _, _, event in chunk])
+                chunk: list[tuple[str, int, dict]], rules: Judge,
+                settings_version: int = 0) -> JudgedChunk:
+    """One z-score pass and one model call for a chunk of events of one type, judged with
+    the type's settings ``cfg`` (version ``settings_version``)."""
+    every = payload_frame([event["payload"] for _, _, event in chunk])
+    # Fields the settings leave unchecked are not judged, but still merged (JudgedChunk).
+    values = checked_fields(every, cfg)
     timestamps = [event["timestamp"] for _, _, event in chunk]
     fields = list(values.columns)
     baseline = store.load_baseline(r, tenant, event_type, fields)
@@ -267,14 +276,21 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
         results.append({
             "index": i, "event_id": event.get("event_id"), "event_type": event_type,
             "timestamp": event["timestamp"], "processed_at": processed_at, **verdict,
-            "model_version": model.version,
+            "model_version": model.version, "settings_version": settings_version,
             "baseline": {f: figures[f] for f, has in zip(fields, present[row])
                          if has and f in figures}})
     level_shifts.refigure(results, shifts)
     # Last, on the final verdicts: each names its episode.
     changed = episodes.follow(r, cfg, tenant, event_type, chunk, results)
-    return JudgedChunk(values, accepted_rows(values, timestamps), verdicts, results, changed,
-                       shifts)
+    return JudgedChunk(every, accepted_rows(every, timestamps), verdicts, results, changed,
+                       shifts, [job_id for job_id, _, _ in chunk])
+
+
+def checked_fields(values: pd.DataFrame, cfg: Settings) -> pd.DataFrame:
+    """The columns of ``values`` the settings check (all of them unless a type says not)."""
+    if cfg.check_fields is None and not cfg.ignore_fields:
+        return values
+    return values[[f for f in values.columns if cfg.checks(f)]]
 
 
 def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
@@ -331,10 +347,21 @@ def _apply(pipe: redis.client.Pipeline, cfg: Settings, tenant: str, event_type: 
         pipe, cfg, tenant, event_type, batch_id,
         column_moments(matrix[valid], columns), [rows[p] for p in valid],
         recent=values_in_order(matrix[mine], columns),
-        flagged=[{**rows[p], "codes": sorted({w["code"] for w in verdicts[p]["warnings"]})}
-                 for p in mine if not verdicts[p]["valid"]],
+        flagged=[flagged_row(judged, p) for p in mine if not verdicts[p]["valid"]],
         together_with=together_with,
         reseeds=level_shifts.marks(judged.shifts, matrix, columns, mine))
+
+
+def flagged_row(judged: JudgedChunk, p: int) -> dict:
+    """What the type keeps of a flagged event (the UI's list, feedback, replay): its values,
+    its rules, the fields that raised them (an anomaly's: the one that contributed most),
+    and where its verdict is (job, index)."""
+    warnings = judged.verdicts[p]["warnings"]
+    fields = {w["field"] for w in warnings if w.get("field")}
+    fields |= {w["contributors"][0]["field"] for w in warnings if w.get("contributors")}
+    return {**judged.rows[p], "codes": sorted({w["code"] for w in warnings}),
+            "fields": sorted(fields), "job": judged.job_ids[p],
+            "i": judged.results[p]["index"]}
 
 
 def summarise(results: list[dict]) -> dict:

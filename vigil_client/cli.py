@@ -255,6 +255,149 @@ def cmd_episodes(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+LIST_SETTINGS = ("derived_features", "check_fields", "ignore_fields")
+NUMBER_SETTINGS = {"z_threshold": float, "alert_rate": float, "min_history": int}
+
+
+def parse_assignments(assignments: Sequence[str], start: dict) -> dict:
+    """--set name=value ... applied to ``start``: lists comma-separated (empty: none),
+    "default" reverts a setting to the environment's."""
+    settings = dict(start)
+    for assignment in assignments:
+        name, sep, raw = assignment.partition("=")
+        name, raw = name.strip(), raw.strip()
+        if not sep or not name:
+            raise CliError(f"--set takes name=value, not {assignment!r}")
+        if raw.lower() in ("default", "null", "none"):
+            settings.pop(name, None)
+        elif name in LIST_SETTINGS:
+            settings[name] = [part.strip() for part in raw.split(",") if part.strip()]
+        elif name in NUMBER_SETTINGS:
+            try:
+                settings[name] = NUMBER_SETTINGS[name](raw)
+            except ValueError:
+                raise CliError(f"{name} takes a number, not {raw!r}") from None
+        else:
+            settings[name] = raw  # the server names what it refuses
+    return settings
+
+
+def show_setting(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) or "(none)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def cmd_settings(client: Client, args: argparse.Namespace) -> int:
+    current = client.settings(args.event_type)
+    if args.set or args.reset:
+        overrides = {} if args.reset else current["overrides"]
+        current = client.set_settings(args.event_type, parse_assignments(args.set, overrides),
+                                      if_version=current["version"])
+    if args.json:
+        dump(current)
+        return 0
+    rows = [(name, show_setting(value), "type" if name in current["overrides"] else "env")
+            for name, value in current["settings"].items()]
+    out(table(("setting", "value", "from"), rows, right=set()))
+    out(f"\nversion {current['version']}"
+        + (f", set {current['updated_at']}" if current["updated_at"] else
+           " (the environment's)"))
+    return 0
+
+
+def rule_counts(side: dict) -> str:
+    return ", ".join(f"{code} {n}" for code, n in sorted(side["by_rule"].items())) or "-"
+
+
+def comparison(left: dict, right: dict, names: tuple[str, str]) -> str:
+    """Two sets of verdict figures (a backtest's or a replay's) side by side."""
+    rows = [(label, show(left), show(right)) for label, show in (
+        ("events", lambda s: s["events"]),
+        ("flagged", lambda s: s["flagged"]),
+        ("alert rate", lambda s: "-" if s["alert_rate"] is None
+            else f"{1000 * s['alert_rate']:.2f} per 1,000"),
+        ("by rule", rule_counts),
+        ("episodes", lambda s: s["episodes"]),
+        ("false alarms flagged", lambda s: f"{s['false_alarms_flagged']} of "
+                                           f"{s['false_alarms_marked']} marked"),
+        ("confirmed flagged", lambda s: f"{s['confirmed_flagged']} of "
+                                        f"{s['confirmed_marked']} marked"))]
+    return table(("", *names), rows, right={1, 2})
+
+
+def verdict_text(verdict: dict) -> str:
+    if verdict.get("valid"):
+        return "valid"
+    parts = []
+    for w in verdict.get("warnings", []):
+        if w.get("z") is not None:
+            parts.append(f"{w['code']} {w.get('field')} z={w['z']:+.1f}")
+        elif w.get("score") is not None:
+            parts.append(f"{w['code']} score={w['score']:.2f}")
+        else:
+            parts.append(w["code"])
+    return "invalid: " + "; ".join(parts) if parts else "invalid"
+
+
+def changed_table(events: list[dict], before: str, after: str) -> str:
+    rows = [(moment(e["ts"]), ", ".join(f"{k}={number(v)}" for k, v in e["values"].items()),
+             e.get("feedback") or "-", verdict_text(e[before]), verdict_text(e[after]))
+            for e in events]
+    return table(("timestamp", "values", "feedback", before, after), rows, right=set())
+
+
+def run_and_wait(client: Client, args: argparse.Namespace, accepted: dict) -> dict | None:
+    """Wait for a backtest or replay job; None (after printing why) if it did not succeed."""
+    job = wait_with_progress(client, accepted["job_id"])
+    if job["status"] != "succeeded" or args.json:
+        finish(job, args, lambda summary: "")
+        return None
+    return job["summary"]
+
+
+def cmd_backtest(client: Client, args: argparse.Namespace) -> int:
+    proposed = parse_assignments(args.set, client.settings(args.event_type)["overrides"])
+    summary = run_and_wait(client, args, client.backtest(
+        args.event_type, proposed, since=args.since, until=args.until))
+    if summary is None:
+        return 0 if args.json else 1
+    out(comparison(summary["current"], summary["proposed"], ("current", "proposed")))
+    out(f"\n{summary['changed']} verdicts would change"
+        + (f"; the first {len(summary['changed_events'])}:" if summary["changed_events"] else ""))
+    if summary["changed_events"]:
+        out(changed_table(summary["changed_events"], "current", "proposed"))
+    return 0
+
+
+def cmd_revalidate(client: Client, args: argparse.Namespace) -> int:
+    summary = run_and_wait(client, args, client.revalidate(
+        args.event_type, since=args.since, until=args.until))
+    if summary is None:
+        return 0 if args.json else 1
+    out(comparison(summary["before"], summary["after"], ("as judged", "judged now")))
+    out(f"\n{summary['changed']} verdicts changed"
+        + (f"; the first {len(summary['changed_events'])}:" if summary["changed_events"] else ""))
+    if summary["changed_events"]:
+        out(changed_table(summary["changed_events"], "before", "after"))
+    return 0
+
+
+def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
+    label = None if args.label == "withdraw" else args.label
+    given = client.feedback(args.job, args.index, label, args.note)
+    if args.json:
+        dump(given)
+        return 0
+    where = "in" if given["in_history"] else "out of"
+    what = f"marked {label}" if label else "feedback withdrawn"
+    out(f"{what}{'' if given['changed'] else ' (already so: nothing moved)'}; its values are "
+        f"{where} the baselines and training history")
+    return 0
+
+
 def cmd_webhook_secret(client: Client, args: argparse.Namespace) -> int:
     if args.status:
         info = client.webhook_secret_info()
@@ -359,6 +502,35 @@ def build_parser() -> argparse.ArgumentParser:
                                           "newest first")
     p.add_argument("event_type", metavar="TYPE")
     p.add_argument("--open", action="store_true", help="only those still open")
+
+    p = command("settings", cmd_settings, "show or change an event type's settings "
+                                          "(they override the environment's for that type)")
+    p.add_argument("event_type", metavar="TYPE")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="change one (repeatable): z_threshold=4, alert_rate=0.0005, "
+                        "ignore_fields=a,b; NAME=default reverts it")
+    p.add_argument("--reset", action="store_true", help="revert every setting first")
+
+    for name, handler, text in (
+            ("backtest", cmd_backtest, "preview settings on the type's stored events: "
+                                       "current against proposed, side by side"),
+            ("revalidate", cmd_revalidate, "re-judge the type's stored events with today's "
+                                           "baselines, model and settings; show what changed")):
+        p = command(name, handler, text)
+        p.add_argument("event_type", metavar="TYPE")
+        if name == "backtest":
+            p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                           required=True, help="a proposed setting (repeatable), as for "
+                                               "`vigil settings`")
+        p.add_argument("--since", metavar="TIME", help="from (ISO-8601 or epoch seconds)")
+        p.add_argument("--until", metavar="TIME", help="up to (ISO-8601 or epoch seconds)")
+
+    p = command("feedback", cmd_feedback, "mark a verdict a false alarm or a confirmed "
+                                          "anomaly (or withdraw the mark)")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("index", metavar="INDEX", type=int, help="the event's index in the job")
+    p.add_argument("label", choices=("false_alarm", "confirmed", "withdraw"))
+    p.add_argument("--note", help="why (kept in the audit trail)")
 
     p = command("webhook-secret", cmd_webhook_secret,
                 "create (or rotate) this tenant's webhook secret and print it: it is shown once; "

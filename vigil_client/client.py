@@ -333,6 +333,53 @@ class Client:
         return self._json("GET", f"/v1/event-types/{_segment(event_type)}/episodes",
                           params=params)["episodes"]
 
+    # -- the feedback loop ----------------------------------------------------------------
+
+    def settings(self, event_type: str) -> dict:
+        """{event_type, version, updated_at, settings, overrides, defaults, changes}"""
+        return self._json("GET", f"/v1/event-types/{_segment(event_type)}/settings")
+
+    def set_settings(self, event_type: str, overrides: dict, *,
+                     if_version: int | None = None) -> dict:
+        """Set the type's settings (all its overrides: one left out reverts to the
+        environment's); if_version: refused (VigilError 412) if they changed since."""
+        headers = {"If-Match": str(if_version)} if if_version is not None else {}
+        return self._json("PUT", f"/v1/event-types/{_segment(event_type)}/settings",
+                          json=overrides, headers=headers)
+
+    def feedback(self, job_id: str, index: int, label: str | None,
+                 note: str | None = None) -> dict:
+        """Mark the verdict at ``index`` of a job: "false_alarm", "confirmed", or None to
+        withdraw. Idempotent."""
+        body: dict[str, Any] = {"label": label}
+        if note:
+            body["note"] = note
+        return self._json("POST", f"/v1/jobs/{_segment(job_id)}/results/{int(index)}/feedback",
+                          json=body)
+
+    def feedback_summary(self, event_type: str) -> dict:
+        """{event_type, false_alarm, confirmed, items, audit}"""
+        return self._json("GET", f"/v1/event-types/{_segment(event_type)}/feedback")
+
+    def backtest(self, event_type: str, settings: dict, *, since: Any = None,
+                 until: Any = None, changed_limit: int | None = None) -> dict:
+        """Start a backtest of proposed settings; returns the 202 body (wait() for the job:
+        its summary holds current, proposed and changed_events)."""
+        body: dict[str, Any] = {"settings": settings, **_range(since, until)}
+        if changed_limit is not None:
+            body["changed_limit"] = changed_limit
+        return self._json("POST", f"/v1/event-types/{_segment(event_type)}/backtest", json=body)
+
+    def revalidate(self, event_type: str, *, since: Any = None, until: Any = None,
+                   changed_limit: int | None = None) -> dict:
+        """Start a replay of the stored events in a range with today's baselines, model and
+        settings; returns the 202 body (the job's summary: before, after, changed_events)."""
+        body = _range(since, until)
+        if changed_limit is not None:
+            body["changed_limit"] = changed_limit
+        return self._json("POST", f"/v1/event-types/{_segment(event_type)}/revalidate",
+                          json=body)
+
     # -- webhook secret --------------------------------------------------------------------
 
     def rotate_webhook_secret(self) -> dict:
@@ -362,6 +409,12 @@ class Client:
 
     def delete_episode_webhook(self) -> None:
         self._request("DELETE", "/v1/webhooks/episodes")
+
+
+def _range(since: Any, until: Any) -> dict[str, Any]:
+    """A time range's body fields (epoch seconds or ISO-8601), leaving out open ends."""
+    return {name: value for name, value in (("since", since), ("until", until))
+            if value is not None}
 
 
 def _csv_bytes(csv: bytes | str | Path) -> bytes:

@@ -258,3 +258,46 @@ def test_progress_bar_on_stderr_for_a_large_submission(vigil, event_type, tmp_pa
     assert code == 0, err
     assert "succeeded: 5000 valid, 0 invalid" in out
     assert "5000/5000" in err and "100%" in err and "event/s" in err
+
+
+def test_the_feedback_loop_from_the_command_line(vigil, event_type, tmp_path):
+    """settings, backtest, feedback and revalidate print what a user reads; bad input
+    exits 2 naming the problem."""
+    history_csv(tmp_path / "history.csv", n=400)
+    assert vigil("history", "import", event_type, tmp_path / "history.csv", "--wait")[0] == 0
+    batch = tmp_path / "batch.csv"
+    batch.write_text(f"event_type,timestamp,amount\n{event_type},{T0 + 100_000},101\n"
+                     f"{event_type},{T0 + 100_060},400\n")
+    code, out, err = vigil("submit", batch, "--wait")
+    assert code == 0 and "1 valid, 1 invalid" in out, out + err
+    job = job_id_from(out)
+
+    code, out, _ = vigil("backtest", event_type, "--set", "z_threshold=60",
+                         "--since", T0 + 100_000)
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0].split() == ["current", "proposed"]
+    assert lines[2].split() == ["events", "2", "2"]
+    assert lines[3].split()[:1] == ["flagged"]
+    assert "verdicts would change" in out
+
+    code, out, err = vigil("feedback", job, 1, "false_alarm", "--note", "known spike")
+    assert code == 0, err
+    assert out.strip() == ("marked false_alarm; its values are in the baselines and training "
+                           "history")
+    assert "already so" in vigil("feedback", job, 1, "false_alarm", "--note", "known spike")[1]
+
+    code, out, _ = vigil("settings", event_type, "--set", "z_threshold=60")
+    assert code == 0
+    assert re.search(r"z_threshold\s+60\s+type", out) and "version 1, set " in out
+    code, out, _ = vigil("revalidate", event_type, "--since", T0 + 100_000)
+    assert code == 0
+    assert out.splitlines()[2].split() == ["events", "2", "2"]
+    # z_threshold=60 took the out_of_range flag away; the model (not retrained) still flags.
+    assert re.search(r"by rule\s+anomaly 1, out_of_range 1\s+anomaly 1\n", out), out
+    assert re.search(r"false alarms flagged\s+1 of 1 marked\s+1 of 1 marked", out), out
+
+    code, _, err = vigil("settings", event_type, "--set", "alert_rate=2")
+    assert code == 2 and "alert_rate" in err
+    code, _, err = vigil("feedback", job, 7, "confirmed")
+    assert code == 2 and "index 7" in err
