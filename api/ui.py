@@ -30,11 +30,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from api.auth import tenant_for
-from api.jobs import results_csv_response
+from api.jobs import accept, results_csv_response
 from api.services import services
 from core import keys
-from core.config import key_digest
-from tasks import store
+from core.config import ConfigError, key_digest
+from tasks import episodes, feedback, store, type_settings
 from tasks.documents import iso
 from tasks.models import z_thresholds
 
@@ -47,6 +47,14 @@ MAX_LISTED_TYPES = 500  # types offered in the selector
 MAX_FIELDS = 6          # plots per type
 MAX_JOBS = 20
 MAX_KEY_CHARS = 1000
+MAX_FLAGGED_LISTED = 20
+MAX_EPISODES_LISTED = 5
+# A plot shows the latest this many accepted events by default (two months squeezed into
+# one plot read as a bar); span=all shows every kept one.
+PLOT_POINTS = 500
+# What the /ui backtest form may propose (the CLI and the API take every per-type setting).
+BACKTEST_SETTINGS = {"z_threshold": float, "alert_rate": float, "min_history": int}
+FEEDBACK_CHOICES = {"false_alarm": "false_alarm", "confirmed": "confirmed", "withdraw": None}
 SESSION_LIFETIME = timedelta(hours=12)
 # Distinctive plot colours (the browser test counts pixels near BAND and FLAGGED).
 BAND = "#9fd3f5"
@@ -203,12 +211,66 @@ def logout():
 
 # --- the page --------------------------------------------------------------------------------
 
-def _type_section(r, tenant: str, event_type: str, accepted: int, invalid: int) -> dict:
+def _values_text(values: dict) -> str:
+    return ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in values.items())
+
+
+def _flagged_list(rows: list[dict], labels: dict[str, dict]) -> list[dict]:
+    """The latest flagged events, newest first, with what raised them and their feedback."""
+    listed = []
+    for row in reversed(rows[-MAX_FLAGGED_LISTED:]):
+        member = f"{row.get('job')}:{row.get('i')}"
+        listed.append({"when": iso(row.get("ts")), "values": _values_text(row.get("v", {})),
+                       "codes": ", ".join(row.get("codes", ())),
+                       "fields": ", ".join(row.get("fields", ())),
+                       "job": row.get("job"), "index": row.get("i"),
+                       "label": labels.get(member, {}).get("label")})
+    return listed
+
+
+def _episode_rows(r, tenant: str, event_type: str) -> list[dict]:
+    return [{"id": e["id"], "opened": iso(e["opened_at"]), "closed": iso(e["closed_at"]),
+             "count": e["count"], "rule": e["rule"],
+             "peak": _values_text({(e.get("peak") or {}).get("field") or "score":
+                                   (e.get("peak") or {}).get("value",
+                                                             (e.get("peak") or {}).get("score"))})
+             if e.get("peak") else ""}
+            for e in episodes.list_episodes(r, tenant, event_type)[:MAX_EPISODES_LISTED]]
+
+
+def _backtest_view(job: dict | None) -> dict | None:
+    """The type's latest backtest job as the page shows it: status, the two sides' figures."""
+    if job is None:
+        return None
+    view = {"id": job["job_id"], "status": job["status"], "error": job.get("error"),
+            "proposed": _values_text(((job.get("params") or {}).get("settings")) or {}),
+            "rows": []}
+    summary = job.get("summary") if job["status"] == store.SUCCEEDED else None
+    if summary:
+        current, proposed = summary["current"], summary["proposed"]
+        view["rows"] = [
+            (label, show(current), show(proposed)) for label, show in (
+                ("events", lambda x: x["events"]), ("flagged", lambda x: x["flagged"]),
+                ("per 1,000", lambda x: f"{1000 * (x['alert_rate'] or 0):.2f}"),
+                ("by rule", lambda x: _values_text(x["by_rule"]) or "-"),
+                ("episodes", lambda x: x["episodes"]),
+                ("false alarms flagged", lambda x: f"{x['false_alarms_flagged']} of "
+                                                   f"{x['false_alarms_marked']}"),
+                ("confirmed flagged", lambda x: f"{x['confirmed_flagged']} of "
+                                                f"{x['confirmed_marked']}"))]
+        view["changed"] = summary["changed"]
+    return view
+
+
+def _type_section(r, tenant: str, event_type: str, accepted: int, invalid: int,
+                  jobs: list[dict] = ()) -> dict:
     baseline = store.load_baseline(r, tenant, event_type)
     flagged = store.flagged_rows(r, tenant, event_type)
     names = sorted(baseline, key=lambda f: (-baseline[f].n, f))[:MAX_FIELDS]
     # The thresholds the z-rule uses now: calibrated per field, or VIGIL_Z_THRESHOLD.
-    limits = z_thresholds(services().settings, store.model_meta(r, tenant, event_type), names)
+    typed, _ = type_settings.effective(r, services().settings, tenant, event_type)
+    limits = z_thresholds(typed, store.model_meta(r, tenant, event_type), names)
     fields = []
     for name in names:
         m, z = baseline[name], limits[name]["threshold"]
@@ -225,7 +287,12 @@ def _type_section(r, tenant: str, event_type: str, accepted: int, invalid: int) 
             "invalid_pct": 100.0 * invalid / total if total else 0.0,
             "fields": fields, "more_fields": max(0, len(baseline) - MAX_FIELDS),
             "flagged_kept": len(flagged), "codes": sorted(codes.items()),
-            "model_version": store.model_version(r, tenant, event_type)}
+            "model_version": store.model_version(r, tenant, event_type),
+            "flagged_list": _flagged_list(flagged, feedback.labels(r, tenant, event_type)),
+            "episodes": _episode_rows(r, tenant, event_type),
+            "backtest": _backtest_view(next((j for j in jobs if j.get("kind") == "backtest"
+                                             and j.get("event_type") == event_type), None)),
+            "backtest_settings": list(BACKTEST_SETTINGS)}
 
 
 def _job_row(job: dict) -> dict:
@@ -252,16 +319,18 @@ def index():
     ranked = sorted(activity, key=lambda t: (-activity[t], t))
     chosen = flask.request.args.get("type", "")
     shown = [chosen] if chosen in activity else ranked[:MAX_TYPES]
-    sections = [_type_section(r, tenant, t, accepted.get(t, 0), invalid.get(t, 0)) for t in shown]
     jobs = [job for job in (store.get_job(r, tenant, job_id)
                             for job_id in store.recent_job_ids(r, tenant, MAX_JOBS)) if job]
+    sections = [_type_section(r, tenant, t, accepted.get(t, 0), invalid.get(t, 0), jobs)
+                for t in shown]
     session_login = not flask.request.headers.get("Authorization")
     return flask.render_template(
         "ui.html", login=False, tenant=tenant, sections=sections, chosen=chosen if chosen in
         activity else "", choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
         max_types=MAX_TYPES,
         jobs=[_job_row(job) for job in jobs], band=BAND, flagged_colour=FLAGGED,
-        session_login=session_login, csrf=csrf_token() if session_login else None)
+        session_login=session_login, csrf=csrf_token(),
+        notice=flask.request.args.get("notice", "")[:300], plot_points=PLOT_POINTS)
 
 
 # --- plots -------------------------------------------------------------------------------------
@@ -325,6 +394,18 @@ def render_plot(history: list[dict], flagged: list[dict], field: str, mean: floa
     return out.getvalue()
 
 
+def plotted(history: list[dict], flagged: list[dict], field: str,
+            whole: bool) -> tuple[list[dict], list[dict]]:
+    """What a field's plot shows: the latest PLOT_POINTS accepted events (every one kept if
+    ``whole``) and the flagged events in that span that this field raised (rows from before
+    flagged rows named their fields: every flagged event that has the field)."""
+    if not whole and len(history) > PLOT_POINTS:
+        history = sorted(history, key=lambda row: row.get("ts", 0))[-PLOT_POINTS:]
+        start = history[0].get("ts", 0)
+        flagged = [row for row in flagged if row.get("ts", 0) >= start]
+    return history, [row for row in flagged if field in row.get("fields", row.get("v", {}))]
+
+
 _plots: OrderedDict[tuple, bytes] = OrderedDict()
 # matplotlib makes no promise about threads; one render at a time per process.
 _render_lock = threading.Lock()
@@ -339,12 +420,14 @@ def plot():
         flask.abort(404)
     svc = services()
     r = svc.redis
-    z = z_thresholds(svc.settings, store.model_meta(r, tenant, event_type), [field])[field]["threshold"]
+    typed, _ = type_settings.effective(r, svc.settings, tenant, event_type)
+    z = z_thresholds(typed, store.model_meta(r, tenant, event_type), [field])[field]["threshold"]
+    whole = flask.request.args.get("span") == "all"
     # Every change to a type's history or flagged list bumps one of these counters, so they
     # version the plot; read before the data, a concurrent batch only costs a re-render.
     version = (store.event_type_counts(r, tenant).get(event_type, 0),
                store.invalid_counts(r, tenant).get(event_type, 0))
-    key = (tenant, event_type, field, z, version)
+    key = (tenant, event_type, field, z, version, whole)
     with _render_lock:
         png = _plots.get(key)
         if png is not None:
@@ -354,7 +437,7 @@ def plot():
     flagged = store.flagged_rows(r, tenant, event_type)
     if moments is None and not any(field in row.get("v", {}) for row in flagged):
         flask.abort(404)
-    history = store.history_rows(r, tenant, event_type)
+    history, flagged = plotted(store.history_rows(r, tenant, event_type), flagged, field, whole)
     with _render_lock:
         png = render_plot(history, flagged, field, moments.mean if moments else None,
                           moments.std if moments else None, z)
@@ -362,6 +445,68 @@ def plot():
         while len(_plots) > PLOT_CACHE_SIZE:
             _plots.popitem(last=False)
     return flask.Response(png, headers=PNG_HEADERS)
+
+
+# --- the feedback loop: feedback buttons and the backtest form -------------------------------
+
+def _back_to(event_type: str, notice: str = "", anchor: str = "") -> flask.Response:
+    args = {"type": event_type, **({"notice": notice} if notice else {})}
+    return flask.redirect(flask.url_for("ui.index", **args) + anchor, 303)
+
+
+def _form_tenant() -> str:
+    """The signed-in tenant of a /ui form, its CSRF token checked (400 otherwise)."""
+    tenant = _require_tenant()
+    if not _csrf_ok():
+        flask.abort(400, description="This form did not come from this page (its CSRF token is "
+                                     "missing or wrong); reload /ui and try again.")
+    return tenant
+
+
+def _actor() -> str:
+    return "ui:" + str(flask.session.get("key", "bearer"))[:12]
+
+
+@blp.post("/feedback")
+def give_feedback():
+    tenant = _form_tenant()
+    form = flask.request.form
+    event_type, job_id = form.get("event_type", ""), form.get("job", "")
+    choice = form.get("label", "")
+    if choice not in FEEDBACK_CHOICES or not form.get("index", "").isdigit():
+        flask.abort(400, description="Choose false alarm, confirmed or withdraw for an event.")
+    svc = services()
+    try:
+        event = feedback.judged_event(svc.redis, tenant, job_id, int(form["index"]))
+    except feedback.FeedbackRefused as exc:
+        return _back_to(event_type, str(exc), "#flagged")
+    feedback.give(svc.redis, svc.settings.history_max_rows, tenant, event,
+                  FEEDBACK_CHOICES[choice], form.get("note", "")[:1000] or None, _actor())
+    return _back_to(event.event_type, "", "#flagged")
+
+
+@blp.post("/backtest")
+def start_backtest():
+    tenant = _form_tenant()
+    form = flask.request.form
+    event_type, name = form.get("event_type", ""), form.get("setting", "")
+    svc = services()
+    if name not in BACKTEST_SETTINGS:
+        return _back_to(event_type, f"Choose one of {', '.join(BACKTEST_SETTINGS)}.", "#backtest")
+    current = type_settings.load(svc.redis, tenant, event_type).overrides
+    try:
+        proposed = {**current, name: BACKTEST_SETTINGS[name](form.get("value", "").strip())}
+        svc.settings.for_type(proposed)
+    except ConfigError as exc:
+        return _back_to(event_type, f"{name}: {exc}", "#backtest")
+    except ValueError:
+        return _back_to(event_type, f"{name} takes a number.", "#backtest")
+    if store.history_count(svc.redis, tenant, event_type) < 2:
+        return _back_to(event_type, f"{event_type!r} has no history to backtest on yet.",
+                        "#backtest")
+    flask.g.tenant = tenant
+    accept("backtest", [], event_type=event_type, params={"settings": proposed})
+    return _back_to(event_type, "", "#backtest")
 
 
 # --- results as CSV under the session -----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -60,3 +61,12 @@ def wait_until(predicate: Callable[[], object], timeout_s: float) -> object:
             return value
         time.sleep(0.05)
     return predicate()
+
+
+def form_token(client: httpx.Client) -> str:
+    """The CSRF token of the /ui page's forms (login, or once signed in logout, feedback and
+    backtest: one token per session), as a browser gets it: by loading the page, which also
+    sets the session cookie the token belongs to."""
+    tokens = set(re.findall(r'name="csrf_token" value="([^"]+)"', client.get("/ui").text))
+    [token] = tokens
+    return token

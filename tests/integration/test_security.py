@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import httpx
 import pandas as pd
 import pytest
-from helpers import EVENT, KEYS, WEBHOOK_SECRET, client_for, problem, wait_for
+from helpers import EVENT, KEYS, WEBHOOK_SECRET, client_for, form_token, problem, wait_for
 from werkzeug.serving import make_server
 
 from core import keys
@@ -312,12 +312,6 @@ def test_only_text_is_neutralised():
 
 
 # --- /ui: CSRF tokens, POST-only logout, a session key of its own -----------------------------
-
-def form_token(client: httpx.Client) -> str:
-    """The token in the /ui page's form, as a browser loading the page gets it."""
-    [token] = re.findall(r'name="csrf_token" value="([^"]+)"', client.get("/ui").text)
-    return token
-
 
 def signed_in(client: httpx.Client) -> bool:
     return "tenant <b>alpha</b>" in client.get("/ui").text

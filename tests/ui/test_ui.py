@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from helpers import KEYS, client_for, wait_for
+from helpers import KEYS, client_for, form_token, wait_for
 from PIL import Image
 
-from api.ui import BAND, FLAGGED, secret_key
+from api.ui import BAND, FLAGGED, PLOT_POINTS, plotted, secret_key
 from core import keys
 
 T0 = 1_790_000_000
@@ -54,13 +54,6 @@ def seeded(api_url, worker) -> dict:
     assert job["status"] == "succeeded", job
     assert job["summary"]["invalid"] == EXTREMES, job
     return {"event_type": event_type, "job_id": job["job_id"]}
-
-
-def form_token(client: httpx.Client) -> str:
-    """The CSRF token of the /ui page's form (login, or logout once signed in), as a browser
-    gets it: by loading the page, which also sets the session cookie the token belongs to."""
-    [token] = re.findall(r'name="csrf_token" value="([^"]+)"', client.get("/ui").text)
-    return token
 
 
 def login(client: httpx.Client, api_key: str) -> httpx.Response:
@@ -280,3 +273,68 @@ def test_plot_in_chromium_shows_band_and_flagged_points(api_url, seeded, browser
     assert band.mean() > 0.05, "the mean ± 3σ band is not drawn"
     # One legend marker plus the flagged events, hours apart: separate red blobs.
     assert blobs(red) >= 1 + EXTREMES, "the flagged events are not drawn as red points"
+
+
+def test_a_plot_shows_the_latest_events_and_only_the_flags_its_field_raised():
+    history = [{"ts": float(i), "v": {"a": 1.0, "b": 2.0}} for i in range(PLOT_POINTS + 100)]
+    flagged = [{"ts": 50.0, "v": {"a": 9.0, "b": 2.0}, "fields": ["a"]},       # before the span
+               {"ts": 300.0, "v": {"a": 1.0, "b": 9.0}, "fields": ["b"]},
+               {"ts": 400.0, "v": {"a": 9.0, "b": 2.0}, "codes": ["out_of_range"]}]  # older row
+    shown, marked = plotted(history, flagged, "a", whole=False)
+    assert len(shown) == PLOT_POINTS and shown[0]["ts"] == 100.0
+    assert [row["ts"] for row in marked] == [400.0]
+    shown, marked = plotted(history, flagged, "a", whole=True)
+    assert len(shown) == PLOT_POINTS + 100 and [row["ts"] for row in marked] == [50.0, 400.0]
+    assert [row["ts"] for row in plotted(history, flagged, "b", whole=True)[1]] == [300.0, 400.0]
+
+
+def test_feedback_and_backtest_from_the_page_in_chromium(api_url, seeded, browser):
+    """The flagged list's "false alarm" button marks the event (as the API then says), and
+    the backtest form starts a backtest whose table the page shows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    event_type = seeded["event_type"]
+    browser.get(f"{api_url}/ui?type={event_type}")
+    if browser.find_elements(By.NAME, "api_key"):
+        browser.find_element(By.NAME, "api_key").send_keys(KEYS["alpha"])
+        browser.find_element(By.CSS_SELECTOR, "form[action='/ui/login'] button").click()
+        wait.until(lambda d: d.find_elements(By.ID, "type"))
+        browser.get(f"{api_url}/ui?type={event_type}")
+    rows = browser.find_elements(By.CSS_SELECTOR, "tr.flagged-event")
+    assert len(rows) == EXTREMES
+    assert {row.get_attribute("data-job-id") for row in rows} == {seeded["job_id"]}
+    index = rows[0].get_attribute("data-index")
+    rows[0].find_element(By.CSS_SELECTOR, "button[value='false_alarm']").click()
+    marked = f"tr.flagged-event[data-index='{index}'] .label"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, marked))
+    assert browser.find_element(By.CSS_SELECTOR, marked).text == "false alarm"
+    with client_for(api_url, "alpha") as alpha:
+        summary = alpha.get(f"/v1/event-types/{event_type}/feedback").json()
+    assert summary["false_alarm"] == 1
+    assert summary["items"][0]["by"].startswith("ui:")
+
+    Select(browser.find_element(By.NAME, "setting")).select_by_value("z_threshold")
+    browser.find_element(By.NAME, "value").send_keys("80")
+    browser.find_element(By.CSS_SELECTOR, "form[action='/ui/backtest'] button").click()
+
+    def table_shown(driver) -> bool:
+        if driver.find_elements(By.CSS_SELECTOR, "table.backtest"):
+            return True
+        driver.refresh()
+        return False
+
+    wait.until(table_shown)
+    cells = {row.find_elements(By.TAG_NAME, "td")[0].text:
+             [td.text for td in row.find_elements(By.TAG_NAME, "td")[1:]]
+             for row in browser.find_elements(By.CSS_SELECTOR, "table.backtest tbody tr")}
+    assert cells["events"][0] == cells["events"][1]
+    assert cells["false alarms flagged"][1].endswith("of 1")
+    assert "z_threshold=80" in browser.find_element(By.ID, "backtest").find_element(
+        By.XPATH, "following-sibling::p").text
+    # A value that is no number comes back as a notice, not an error page.
+    browser.find_element(By.NAME, "value").send_keys("many")
+    browser.find_element(By.CSS_SELECTOR, "form[action='/ui/backtest'] button").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".notice"))
+    assert "z_threshold takes a number" in browser.find_element(By.CSS_SELECTOR, ".notice").text
