@@ -11,6 +11,11 @@ in total it prints:
 - the NAB score under NAB's `standard` and `reward_low_FP_rate` profiles, normalised 0-100 as
   NAB reports it (evaluation/nab_score.py; the imported history is the probationary period);
 - the same for a naive detector (mean and std of the history part, 3 sigma) on the same events.
+After each series, a round of feedback as a user would give it: its first 10 false alarms
+marked `false_alarm`, the model retrained, the series' stored events replayed
+(POST /v1/event-types/{type}/revalidate). Beside the figures as judged and after feedback it
+prints a control, replayed after retraining without any feedback, so the feedback's own part
+can be told apart (--no-feedback skips all of it).
 Then Gaussian streams (issue 15's goal: no more than 2x the configured alert rate whatever the
 history's time span) and the run's duration.
 
@@ -47,6 +52,8 @@ from vigil_client import Client  # noqa: E402
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "nab"
 FAMILIES = ("realKnownCause", "realTweets", "artificialWithAnomaly", "artificialNoAnomaly")
 HISTORY_SHARE = 0.15
+# False alarms marked per series in the feedback round (issue 16).
+FEEDBACK_ROUND = 10
 SHOWN_PROFILES = ("standard", "reward_low_FP_rate")
 
 
@@ -117,28 +124,76 @@ def wait(client: Client, job_id: str, poll_s: float = 0.05) -> dict:
         time.sleep(poll_s)
 
 
-def judge(client: Client, history: list[dict], events: list[dict], batch: int) -> np.ndarray:
+def judge(client: Client, history: list[dict], events: list[dict], batch: int,
+          verdicts: list[tuple[str, int]] | None = None) -> np.ndarray:
     """Import the history of the events' type, then submit the events in jobs of `batch`,
-    each awaited; the invalid flag of each event, in order."""
+    each awaited; the invalid flag of each event, in order. verdicts: if given, gets each
+    event's (job id, index), where feedback on it goes."""
     wait(client, client.import_history(events[0]["event_type"], history)["job_id"])
     flags: list[bool] = []
     for start in range(0, len(events), batch):
         job = wait(client, client.submit(events[start:start + batch])["job_id"])
         flags += [not result["valid"] for result in job["results"]]
+        if verdicts is not None:
+            verdicts += [(job["job_id"], result["index"]) for result in job["results"]]
     return np.array(flags, dtype=bool)
 
 
-def replay(client: Client, frame: pd.DataFrame, event_type: str, batch: int) -> np.ndarray:
-    """Flags of every row of the series (False for the history part)."""
-    epoch = (frame["timestamp"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+def epochs(frame: pd.DataFrame) -> np.ndarray:
+    return ((frame["timestamp"] - pd.Timestamp("1970-01-01")) // pd.Timedelta(seconds=1)
+            ).to_numpy(dtype=np.int64)
+
+
+def replay(client: Client, frame: pd.DataFrame, event_type: str, batch: int,
+           verdicts: list[tuple[str, int]] | None = None) -> np.ndarray:
+    """Flags of every row of the series (False for the history part); ``verdicts``, if
+    given, gets (job id, index) of each replayed row."""
+    epoch = epochs(frame)
     values = frame["value"].astype(float)
     split = int(len(frame) * HISTORY_SHARE)
     history = [{"timestamp": int(t), "payload": {"value": float(v)}}
                for t, v in zip(epoch[:split], values[:split], strict=True)]
     events = [{"event_type": event_type, "timestamp": int(t), "payload": {"value": float(v)}}
               for t, v in zip(epoch[split:], values[split:], strict=True)]
-    flags = judge(client, history, events, batch)
+    flags = judge(client, history, events, batch, verdicts)
     return np.concatenate([np.zeros(split, dtype=bool), flags])
+
+
+def replayed(client: Client, event_type: str, frame: pd.DataFrame, flags: np.ndarray,
+             split: int) -> np.ndarray:
+    """The flags after retraining the type's model and replaying its stored events (POST
+    .../revalidate); events the type no longer keeps (beyond VIGIL_HISTORY_MAX_ROWS accepted
+    or 1,000 flagged) keep their verdicts."""
+    wait(client, client.train(event_type)["job_id"])
+    epoch = epochs(frame)
+    job = wait(client, client.revalidate(event_type, since=int(epoch[split]),
+                                         changed_limit=10_000)["job_id"])
+    after = flags.copy()
+    rows_at: dict[int, list[int]] = {}
+    for row in range(split, len(epoch)):
+        rows_at.setdefault(int(epoch[row]), []).append(row)
+    for changed in job["summary"]["changed_events"]:
+        for row in rows_at.get(int(changed["ts"]), []):
+            after[row] = not changed["after"]["valid"]
+    return after
+
+
+def feedback_round(client: Client, event_type: str, frame: pd.DataFrame, flags: np.ndarray,
+                   verdicts: list[tuple[str, int]], windows: list,
+                   split: int) -> tuple[np.ndarray, np.ndarray]:
+    """What a user's round of feedback does: the flags of a replay without feedback (the
+    control: a retrained model and today's baselines alone change verdicts too), then after
+    the first FEEDBACK_ROUND false alarms (flagged events outside every window) were marked
+    as such, the model retrained and the stored events replayed."""
+    control = replayed(client, event_type, frame, flags, split)
+    inside = np.zeros(len(flags), dtype=bool)
+    for left, right in window_spans(frame["timestamp"], windows):
+        inside[left:right + 1] = True
+    false_alarms = np.flatnonzero(flags & ~inside & (np.arange(len(flags)) >= split))
+    for row in false_alarms[:FEEDBACK_ROUND]:
+        job_id, index = verdicts[row - split]
+        client.feedback(job_id, index, "false_alarm", "make eval's feedback round")
+    return control, replayed(client, event_type, frame, flags, split)
 
 
 @dataclass
@@ -148,6 +203,9 @@ class SeriesResult:
     vigil: Tally
     naive: Tally
     seconds: float
+    # Replayed without feedback (the control), and after the round of feedback.
+    replayed: Tally | None = None
+    after_feedback: Tally | None = None
 
 
 def evaluate_series(args: argparse.Namespace, name: str, windows: list, run: str) -> SeriesResult:
@@ -155,15 +213,24 @@ def evaluate_series(args: argparse.Namespace, name: str, windows: list, run: str
     frame = pd.read_csv(args.data / name, parse_dates=["timestamp"])
     family, stem = name.split("/", 1)
     split = int(len(frame) * HISTORY_SHARE)
+    event_type = f"nab-{family}-{Path(stem).stem[:50]}-{run}"
+    verdicts: list[tuple[str, int]] = []
     with Client(args.url, args.key, timeout=120) as client:
-        flags = replay(client, frame, f"nab-{family}-{Path(stem).stem[:50]}-{run}", args.batch)
+        flags = replay(client, frame, event_type, args.batch, verdicts)
+        control, after = ((None, None) if args.no_feedback else
+                          feedback_round(client, event_type, frame, flags, verdicts, windows,
+                                         split))
     values = frame["value"].to_numpy(dtype=float)
     naive = np.concatenate([np.zeros(split, dtype=bool), naive_flags(values[:split], values[split:])])
     times = frame["timestamp"]
     result = SeriesResult(family, name, tally(times, flags, windows, split),
-                          tally(times, naive, windows, split), time.monotonic() - started)
-    print(f"eval: {name}: {describe(result.vigil)}; naive 3-sigma {describe(result.naive)} "
-          f"({result.seconds:.0f} s)", file=sys.stderr, flush=True)
+                          tally(times, naive, windows, split), time.monotonic() - started,
+                          None if control is None else tally(times, control, windows, split),
+                          None if after is None else tally(times, after, windows, split))
+    print(f"eval: {name}: {describe(result.vigil)}; naive 3-sigma {describe(result.naive)}"
+          + ("" if after is None else f"; replayed {describe(result.replayed)}, after "
+                                       f"feedback {describe(result.after_feedback)}")
+          + f" ({result.seconds:.0f} s)", file=sys.stderr, flush=True)
     return result
 
 
@@ -210,6 +277,26 @@ def report(results: list[SeriesResult]) -> list[str]:
               "  as in NAB's probationary period). FA/1000: invalid events outside every window, "
               "per 1,000 such events.",
               "NAB: NAB's score, normalised as NAB does: 0 = no detection at all, 100 = perfect."]
+    return lines
+
+
+def feedback_report(results: list[SeriesResult]) -> list[str]:
+    """Windows and false alarms as judged, replayed without feedback, and after feedback."""
+    lines = [f"A round of feedback (per series: the model retrained and the stored events "
+             f"replayed without feedback; then the first {FEEDBACK_ROUND} false alarms marked "
+             "false_alarm, retrained, replayed):",
+             f"{'family (series)':27} {'windows judged':>15} {'replayed':>15} "
+             f"{'after feedback':>15} {'FA/1000 judged':>15} {'replayed':>9} {'after':>7}"]
+    for family in (*FAMILIES, None):
+        mine = [r for r in results if family in (None, r.family) and r.after_feedback]
+        if not mine:
+            continue
+        judged = sum((r.vigil for r in mine), Tally())
+        control = sum((r.replayed for r in mine), Tally())
+        after = sum((r.after_feedback for r in mine), Tally())
+        lines.append(f"{(family or 'ALL') + f' ({len(mine)})':27} {_share(judged):>15} "
+                     f"{_share(control):>15} {_share(after):>15} {judged.per_1000:>15.2f} "
+                     f"{control.per_1000:>9.2f} {after.per_1000:>7.2f}")
     return lines
 
 
@@ -289,6 +376,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parallel", type=int, default=2,
                         help="series replayed at a time (the jobs worker has 2 processes)")
     parser.add_argument("--no-gaussian", action="store_true", help="skip the Gaussian streams")
+    parser.add_argument("--no-feedback", action="store_true",
+                        help="skip the round of feedback after each series")
     return parser.parse_args(argv)
 
 
@@ -321,6 +410,8 @@ def run(args: argparse.Namespace, names: list[str], windows: dict, settings: Set
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         results = list(pool.map(lambda name: evaluate_series(args, name, windows[name], tag), names))
     lines = report(results)
+    if not args.no_feedback:
+        lines += [""] + feedback_report(results)
     if not args.no_gaussian:
         with Client(args.url, args.key, timeout=120) as client:
             streams = [gaussian_short_history(client, tag, settings.max_events_per_job),
