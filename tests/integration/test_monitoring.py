@@ -102,6 +102,10 @@ def test_every_queried_metric_is_exported(alpha, event_type):
     names = exported()
     missing = {name: sorted(where[name]) for name in vigil - names}
     assert not missing, f"queried but not exported by Vigil: {missing}"
+    # The workers' heartbeats are behind vigil_workers_alive: each queue has its live worker.
+    alive = {s.labels["queue"]: s.value for f in text_string_to_metric_families(
+        alpha.get("/metrics").text) for s in f.samples if s.name == "vigil_workers_alive"}
+    assert all(alive.get(queue, 0) >= 1 for queue in ("celery", "events", "webhooks")), alive
 
 
 def test_compose_file_has_the_monitoring_profile():
