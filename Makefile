@@ -30,6 +30,8 @@ run: install
 test: install
 	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
 		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
+	@command -v promtool >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q prometheus)
 	$(VENV)/bin/python -m pytest
 
 lint: install

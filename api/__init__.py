@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import drf_spectacular_sidecar
+import flask_swagger_ui
 import redis
 from flask import Blueprint, Flask
 from flask_smorest import Blueprint as ApiBlueprint
@@ -17,8 +17,9 @@ from core.config import Settings
 from core.logs import configure_logging
 from tasks import create_celery
 
-# Swagger UI and Redoc ship inside a package so /docs works without internet.
-ASSETS = Path(drf_spectacular_sidecar.__file__).parent / "static" / "drf_spectacular_sidecar"
+# Swagger UI 5's dist files ship inside a Flask-only package, so /docs works without internet.
+# Only the files are used: flask-smorest renders the page. No ReDoc: no lean package ships it.
+SWAGGER_UI_ASSETS = Path(flask_swagger_ui.__file__).parent / "dist"
 ApiBlueprint.ARGUMENTS_PARSER = VigilParser()
 
 
@@ -34,8 +35,6 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
         OPENAPI_SWAGGER_UI_URL="/assets/swagger-ui/",
-        OPENAPI_REDOC_PATH="redoc",
-        OPENAPI_REDOC_URL="/assets/redoc/redoc.standalone.js",
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
@@ -53,11 +52,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_outage_handlers(app, api)
     observability.init_app(app)
 
-    for name, folder in (("swagger_ui", ASSETS / "swagger-ui-dist"),
-                         ("redoc", ASSETS / "redoc" / "bundles")):
-        assets = Blueprint(name, __name__, static_folder=str(folder),
-                           static_url_path=f"/assets/{name.replace('_', '-')}")
-        app.register_blueprint(assets)
+    app.register_blueprint(Blueprint("swagger_ui", __name__, static_folder=str(SWAGGER_UI_ASSETS),
+                                     static_url_path="/assets/swagger-ui"))
 
     # Imported here, after ARGUMENTS_PARSER is set: their views take the parser when defined.
     from api import event_types, feedback, health, jobs, ui, webhooks

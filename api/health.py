@@ -9,7 +9,13 @@ from flask_smorest import Blueprint
 
 from api.services import services
 from core import keys
-from core.metrics import CONTENT_TYPE_LATEST, QueueDepthCollector, exposition
+from core.metrics import (
+    CONTENT_TYPE_LATEST,
+    QueueAgeCollector,
+    QueueDepthCollector,
+    WorkersCollector,
+    exposition,
+)
 
 blp = Blueprint("health", __name__, description="Health and metrics.")
 
@@ -64,12 +70,16 @@ class Metrics(MethodView):
 
         With PROMETHEUS_MULTIPROC_DIR set, the sum over every process writing to that directory
         (all uWSGI workers; the Celery workers too when they share it, as in `make run`).
-        `vigil_queue_depth` is read from Redis at each scrape.
+        `vigil_queue_depth`, `vigil_queue_oldest_age_seconds` and `vigil_workers_alive` are
+        read from Redis at each scrape.
         """
         svc = services()
         # Celery queues are read from Redis lists: only meaningful when Redis is the broker.
         # The single-event inbox is in the job store, whatever the broker.
         broker_is_redis = svc.celery.conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
         queues = celery_queues(svc.celery.conf) if broker_is_redis else []
-        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=keys.events_inbox()))
+        inbox = keys.events_inbox()
+        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=inbox),
+                          QueueAgeCollector(svc.redis, queues, inbox_key=inbox),
+                          WorkersCollector(svc.redis, celery_queues(svc.celery.conf)))
         return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

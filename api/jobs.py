@@ -132,7 +132,8 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
     rate_limit = svc.settings.rate_limit if check_rate_limit else 0
     if not svc.settings.micro_batch:
         job_id = store.create_job(svc.redis, svc.settings, tenant, kind="validate",
-                                  events=[event], rate_limit=rate_limit, job_id=job_id)
+                                  events=[event], rate_limit=rate_limit, job_id=job_id,
+                                  single=True)
         svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
         return job_id
     job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,

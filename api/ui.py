@@ -32,8 +32,9 @@ from matplotlib.ticker import FuncFormatter
 from api.auth import tenant_for
 from api.jobs import accept, results_csv_response
 from api.services import services
-from core import keys
+from core import keys, metrics
 from core.config import ConfigError, key_digest
+from core.quantiles import histogram_buckets, quantile
 from tasks import episodes, feedback, store, type_settings
 from tasks.documents import iso
 from tasks.models import z_thresholds
@@ -329,8 +330,28 @@ def index():
         activity else "", choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
         max_types=MAX_TYPES,
         jobs=[_job_row(job) for job in jobs], band=BAND, flagged_colour=FLAGGED,
+        verdict_times=verdict_times(),
         session_login=session_login, csrf=csrf_token(),
         notice=flask.request.args.get("notice", "")[:300], plot_points=PLOT_POINTS)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.2f} s"
+
+
+def verdict_times() -> list[dict]:
+    """p50 and p99 of the time to verdict per kind, from the histogram /metrics exports (every
+    process's, in multiprocess mode): the same figures a Grafana panel computes."""
+    by_kind = histogram_buckets(metrics.process_metrics(), "vigil_time_to_verdict_seconds", "kind")
+    rows = []
+    for kind in metrics.VERDICT_KINDS:
+        buckets = by_kind.get(kind, [])
+        rows.append({"kind": kind, "count": f"{int(buckets[-1][1]) if buckets else 0:,}",
+                     "p50": _duration(quantile(0.5, buckets)),
+                     "p99": _duration(quantile(0.99, buckets))})
+    return rows
 
 
 # --- plots -------------------------------------------------------------------------------------

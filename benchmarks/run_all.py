@@ -35,12 +35,15 @@ from typing import Any
 import httpx
 import numpy as np
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import load
 from benchmarks.inprocess import ceiling
 from benchmarks.stack import ROOT, Processes, Started, cpu_between, cpu_sample
+from core import keys
 from core.config import DEV_TENANT, Settings
 from core.localredis import AOF_REWRITE_MIN_SIZE
+from core.quantiles import Buckets, difference, histogram_buckets, quantile
 from ml.stats import Moments
 from tasks import WORKER_ARGS, store
 
@@ -220,10 +223,30 @@ def single_events(stack: Started, redis_url: str, scale: float, singles: list[by
     # No wait for leftovers: the latency phases want the workers busy anyway.
     for key, offered in (("latency_low", LOW_RATE), ("latency", RATE)):
         log(f"{stack.name}: submit latency at {offered}/s, workers busy")
+        before = single_verdict_buckets(stack.url)
         results[f"{prefix}{key}"] = latency(stack, offered, SECONDS[key] * scale, singles,
                                             busy=["saturate", "--redis", redis_url])
         if key == "latency_low":
             wait_idle(redis_url)
+        else:  # time to verdict of this phase's single events, once they all have one
+            wait_inbox_empty(redis_url)
+            results[f"{prefix}verdict"] = difference(single_verdict_buckets(stack.url), before)
+
+
+def single_verdict_buckets(url: str) -> Buckets:
+    """vigil_time_to_verdict_seconds{kind="single"} from the stack's /metrics (make run's API
+    adds up its workers' metrics), read before and after a phase."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return histogram_buckets(text_string_to_metric_families(text),
+                             "vigil_time_to_verdict_seconds", "kind").get("single", [])
+
+
+def wait_inbox_empty(redis_url: str, timeout_s: float = 60) -> None:
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + timeout_s
+    while (r.llen(keys.events_inbox()) or r.zcard(keys.events_claimed())) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 # --- the three systems ----------------------------------------------------------------------
@@ -483,6 +506,15 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         unmodelled = get(f"{prefix}single").result.unmodelled if get(f"{prefix}single") else 0
         if unmodelled:
             add(f"   {label}: {unmodelled:,} verdicts had no anomaly score (no model loaded)")
+    for label, prefix in (("Vigil", ""), ("(a)", "a_")):
+        if f"{prefix}verdict" not in results:
+            continue
+        # Read once the inbox is empty; (a)'s events may still wait behind the batch backlog.
+        buckets = results[f"{prefix}verdict"]
+        p50, p99 = (quantile(q, buckets) or nan for q in (0.5, 0.99))
+        add(f"   {label} time to verdict at {RATE}/s, workers busy (submit to verdict stored, "
+            f"vigil_time_to_verdict_seconds{{kind=single}}, {int(buckets[-1][1]) if buckets else 0:,} "
+            f"events with a verdict when read): p50 {ms(p50)}, p99 {ms(p99)}")
     v_tp, v_low99, v_p99 = figures[""][0], figures[""][2], figures[""][4]
     a_tp = figures["a_"][0]
     b_low99, b_p99 = figures["b_busy_"][2], figures["b_busy_"][4]

@@ -179,6 +179,9 @@ class Settings:
     # Worker processes run this much nicer than they start (tasks/worker.py): where the API
     # and the workers share cores, busy workers yield the CPU to requests.
     worker_nice: int = 10
+    # A worker's own /metrics port (tasks.metrics_server), for deployments where workers do
+    # not share the API's PROMETHEUS_MULTIPROC_DIR (docker compose); None: no server.
+    worker_metrics_port: int | None = None
 
     @property
     def recent_alpha(self) -> float:
@@ -292,6 +295,7 @@ class Settings:
                                         _private_networks),
             rate_limit=get("VIGIL_RATE_LIMIT", defaults.rate_limit, int),
             worker_nice=get("VIGIL_WORKER_NICE", defaults.worker_nice, int),
+            worker_metrics_port=get("VIGIL_WORKER_METRICS_PORT", defaults.worker_metrics_port, int),
         )
         settings.check()
         return settings

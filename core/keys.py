@@ -128,6 +128,12 @@ def events_claimed() -> str:
     return f"{PREFIX}:events-claimed"
 
 
+def workers() -> str:
+    """Sorted set: "<queue> <worker hostname>" -> the Redis time (epoch seconds) of that
+    worker's last heartbeat (tasks.heartbeat); /metrics counts the live ones per queue."""
+    return f"{PREFIX}:workers"
+
+
 def ui_session_key() -> str:
     """String (no expiry): the random key that signs /ui session cookies when VIGIL_SECRET_KEY
     is not set; written once (SET NX), so every API process and restart signs alike."""

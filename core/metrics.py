@@ -13,14 +13,18 @@ No Flask and no Celery here: the API hooks (api/observability.py) and the task h
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import os
+from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import redis
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Histogram,
     PlatformCollector,
@@ -29,10 +33,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from core import keys
+
 log = logging.getLogger(__name__)
 
 MULTIPROC_VAR = "PROMETHEUS_MULTIPROC_DIR"
-__all__ = ["CONTENT_TYPE_LATEST", "QueueDepthCollector", "exposition", "record_job", "record_jobs"]
+__all__ = ["CONTENT_TYPE_LATEST", "QueueDepthCollector", "WorkersCollector", "exposition",
+           "record_job", "record_jobs", "record_time_to_verdict"]
 
 
 def multiprocess_dir() -> str | None:
@@ -59,38 +66,58 @@ HTTP_DURATION = Histogram(
 JOBS = Counter(
     "vigil_jobs", "Jobs the workers finished, by kind (validate, history, train) and final status.",
     ["kind", "status"])
+# event_type: one series per type name (summed over tenants) and verdict, for the invalid
+# rate per type; type names are the tenants' own, so their number is what tenants make it.
 EVENTS_VALIDATED = Counter(
-    "vigil_events_validated", "Events judged by finished validation jobs, by verdict.", ["valid"])
+    "vigil_events_validated", "Events judged by finished validation jobs, by event type and verdict.",
+    ["event_type", "valid"])
 WARNINGS = Counter(
     "vigil_warnings", "Warnings in the verdicts of finished validation jobs, by code.", ["code"])
 TASK_DURATION = Histogram(
     "vigil_task_duration_seconds", "Time a Celery task ran, by task name (every attempt).",
     ["task"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0))
+# From the job's creation (created_at in its hash, set when the API stored it) to its verdicts
+# stored, for succeeded validation jobs: what a client waits, queueing included. kind: single
+# (POST /v1/events/validate) or batch (POST /v1/jobs). Buckets from 5 ms to 60 s.
+TIME_TO_VERDICT = Histogram(
+    "vigil_time_to_verdict_seconds",
+    "Submit to verdicts stored, for succeeded validation jobs, by kind (single, batch).", ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0))
+VERDICT_KINDS = ("single", "batch")
 WEBHOOK_DELIVERIES = Counter(
     "vigil_webhook_deliveries", "Webhook delivery attempts, by outcome (delivered, retrying, failed).",
     ["outcome"])
 
 
-def record_job(kind: str | None, status: str, summary: Mapping | None) -> None:
-    """A job finished: count it and, for a validation job, its verdicts and warnings."""
+def record_job(kind: str | None, status: str, summary: Mapping | None,
+               results: Sequence[Mapping] | None = None) -> None:
+    """A job finished: count it and, for a validation job, its verdicts (per event type, from
+    its results) and warnings."""
     JOBS.labels(kind=kind or "unknown", status=status).inc()
     if kind != "validate" or not summary or "valid" not in summary:
         return
-    for valid, n in (("true", summary.get("valid", 0)), ("false", summary.get("invalid", 0))):
-        if n:
-            EVENTS_VALIDATED.labels(valid=valid).inc(n)
+    verdicts = Tally((r.get("event_type") or "unknown", "true" if r.get("valid") else "false")
+                     for r in results or ())
+    for (event_type, valid), n in verdicts.items():
+        EVENTS_VALIDATED.labels(event_type=event_type, valid=valid).inc(n)
     for code, n in (summary.get("warnings") or {}).items():
         WARNINGS.labels(code=code).inc(n)
 
 
 def record_jobs(kind: str, outcomes: Mapping[str, Sequence], finished: Iterable[str]) -> None:
-    """record_job for a micro-batch: outcomes {job_id: (status, summary, ...)}; a job that is
-    not among the finished ones was cancelled (or expired) meanwhile."""
+    """record_job for a micro-batch: outcomes {job_id: (status, summary, results, ...)}; a job
+    that is not among the finished ones was cancelled (or expired) meanwhile."""
     finished = set(finished)
-    for job_id, (status, summary, *_) in outcomes.items():
-        record_job(kind, status if job_id in finished else "cancelled",
-                   summary if job_id in finished else None)
+    for job_id, (status, summary, results, *_) in outcomes.items():
+        done = job_id in finished
+        record_job(kind, status if done else "cancelled", summary if done else None,
+                   results if done else None)
+
+
+def record_time_to_verdict(kind: str, seconds: float) -> None:
+    """A validation job of this kind (VERDICT_KINDS) succeeded ``seconds`` after it was stored."""
+    TIME_TO_VERDICT.labels(kind=kind).observe(max(seconds, 0.0))  # clocks of two hosts
 
 
 # --- scrape time ---------------------------------------------------------------------------
@@ -132,6 +159,97 @@ class QueueDepthCollector:
         yield family
 
 
+def _message_job(raw: bytes) -> tuple[str, str] | None:
+    """(tenant, job id) a Celery message (protocol 2, JSON) was sent for, if its task takes
+    them (job tasks do; the events worker's wake-up does not)."""
+    try:
+        message = json.loads(raw)
+        args = json.loads(base64.b64decode(message["body"]))[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    if len(args) == 2 and all(isinstance(a, str) for a in args):
+        return args[0], args[1]
+    return None
+
+
+class QueueAgeCollector:
+    """``vigil_queue_oldest_age_seconds{queue}``: how long the oldest job waiting in each queue
+    has waited, from its job's created_at, by Redis's clock; 0 for an empty queue. A queue whose
+    oldest message names no job (a wake-up; the inbox has the single events) is left out.
+    Celery's Redis transport pushes on the left and pops on the right: the oldest is last."""
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None):
+        self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            for queue in self.queues:
+                pipe.lindex(queue, -1)
+            if self.inbox_key:
+                pipe.lindex(self.inbox_key, 0)
+            (seconds, micros), *oldest = pipe.execute()
+            jobs: dict[str, tuple[str, str] | None] = {}
+            for queue, raw in zip(self.queues, oldest):
+                jobs[queue] = _message_job(raw) if raw else None
+            if self.inbox_key and oldest[-1]:
+                tenant, _, job_id = oldest[-1].decode().rpartition(":")
+                jobs[INBOX_LABEL] = (tenant, job_id)
+            named = [(label, job) for label, job in jobs.items() if job]
+            for _, (tenant, job_id) in named:
+                pipe.hget(keys.job(tenant, job_id), "created_at")
+            created = pipe.execute() if named else []
+        except redis.RedisError as exc:
+            log.warning("queue age not scraped: %s", type(exc).__name__)
+            return
+        now = seconds + micros / 1e6
+        family = GaugeMetricFamily("vigil_queue_oldest_age_seconds",
+                                   "Seconds the oldest job waiting in a queue has waited.",
+                                   labels=["queue"])
+        labels = [*self.queues, *([INBOX_LABEL] if self.inbox_key else [])]
+        waiting = dict(zip([label for label, _ in named], created))
+        empty = {q for q, raw in zip(labels, oldest) if not raw}
+        for label in labels:
+            if label in empty:
+                family.add_metric([label], 0.0)
+            elif waiting.get(label):  # the job expired or was never stored: unknown
+                family.add_metric([label], max(now - float(waiting[label]), 0.0))
+        yield family
+
+
+# A worker counts as alive while its last heartbeat is this recent (it beats every 10 s).
+WORKER_STALE_S = 30.0
+
+
+class WorkersCollector:
+    """``vigil_workers_alive{queue}``: workers whose heartbeat (tasks.heartbeat) is recent, per
+    queue they consume, by Redis's clock; 0 for a known queue nobody consumes, which an alert
+    can see (a series that vanished would need absent())."""
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str]):
+        self.client, self.queues = client, list(dict.fromkeys(queues))
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
+            pipe.zrange(keys.workers(), 0, -1, withscores=True)
+            (seconds, micros), beats = pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("workers not scraped: %s", type(exc).__name__)
+            return
+        now = seconds + micros / 1e6
+        alive = Tally(member.decode().partition(" ")[0] for member, at in beats
+                      if now - at <= WORKER_STALE_S)
+        family = GaugeMetricFamily("vigil_workers_alive",
+                                   "Workers with a recent heartbeat, per queue they consume.",
+                                   labels=["queue"])
+        for queue in dict.fromkeys([*self.queues, *alive]):
+            family.add_metric([queue], alive.get(queue, 0))
+        yield family
+
+
 _PLATFORM = PlatformCollector(registry=None)
 
 
@@ -155,3 +273,22 @@ def exposition(*extra_collectors) -> bytes:
     # pass for the whole service's.
     base = [MultiProcessCollector(None, path=path), _PLATFORM] if path else [REGISTRY]
     return generate_latest(_Scrape([*base, *extra_collectors]))
+
+
+def process_metrics() -> Iterator[Metric]:
+    """What exposition() reports before any extra collector: every process's values in
+    multiprocess mode, else this process's (api.ui reads the time to verdict from it)."""
+    path = multiprocess_dir()
+    yield from (MultiProcessCollector(None, path=path) if path else REGISTRY).collect()
+
+
+def worker_registry() -> CollectorRegistry:
+    """The registry a worker's own metrics server (tasks.metrics_server) serves: its pool
+    processes' values added up in multiprocess mode, else the default registry."""
+    path = multiprocess_dir()
+    if not path:
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=path)
+    registry.register(_PLATFORM)
+    return registry

@@ -27,7 +27,7 @@ WORKER_ARGS = {
 def create_celery(settings: Settings) -> Celery:
     """A Celery app for these settings. No Flask here: the API and the workers both use it."""
     # Connects the logging and task signal handlers before Celery sets up logging.
-    from tasks import observability  # noqa: F401
+    from tasks import heartbeat, metrics_server, observability  # noqa: F401
     app = Celery("vigil", include=TASK_MODULES)
     app.conf.update(settings.celery())
     # Tasks read their settings from the app that runs them (see tasks.context).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -79,7 +80,11 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
                                                     error=error), "finish job"):
         metrics.record_job(kind, store.CANCELLED, None)
         return store.CANCELLED
-    metrics.record_job(kind, status, summary)
+    metrics.record_job(kind, status, summary, results)
+    if kind == "validate" and status == store.SUCCEEDED and job and "created_at" in job:
+        # A single event here was sent a task of its own (VIGIL_MICRO_BATCH=off).
+        metrics.record_time_to_verdict("single" if job.get("single") else "batch",
+                                       time.time() - job["created_at"])
     if (job or {}).get("callback_url"):  # set at submission, never changed: no second read
         deliver_webhook.delay(tenant, job_id)
     return status

@@ -125,5 +125,9 @@ def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
             outcomes.update({j: outcome(res, judged.failed.get(j)) for j, res in judged.items()})
     finished = through_outages(partial(store.finish_jobs, r, cfg, tenant, outcomes), "finish")
     metrics.record_jobs("validate", outcomes, finished)
-    for job_id in store.callback_urls(r, tenant, finished):
+    finished_at = time.time()
+    for job_id, created_at in finished.items():
+        if created_at is not None and outcomes[job_id][0] == store.SUCCEEDED:
+            metrics.record_time_to_verdict("single", finished_at - created_at)
+    for job_id in store.callback_urls(r, tenant, list(finished)):
         deliver_webhook.delay(tenant, job_id)

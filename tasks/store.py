@@ -115,7 +115,8 @@ return 0
 def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
                events: Sequence[Mapping] = (), event_type: str | None = None,
                callback_url: str | None = None, rate_limit: int = 0,
-               job_id: str | None = None, params: Mapping | None = None) -> str:
+               job_id: str | None = None, params: Mapping | None = None,
+               single: bool = False) -> str:
     """Store a queued job and its events; the caller enqueues the task that runs it.
 
     rate_limit > 0: count the request against it first; over it, raise OverRateLimit.
@@ -123,10 +124,12 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
     retry after a lost reply), nothing is stored again. The caller enqueues either way: the
     first call, whose reply was lost, enqueued nothing.
     params: what the job is asked to do beyond its events (a backtest's settings), as JSON.
+    single: a single event sent to a task of its own (VIGIL_MICRO_BATCH=off), marked so its
+    time to verdict counts as a single event's, not a batch's.
     """
     return _create(r, settings, tenant, kind=kind, events=events, event_type=event_type,
                    callback_url=callback_url, rate_limit=rate_limit, job_id=job_id,
-                   params=params)[0]
+                   params=params, single=single)[0]
 
 
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
@@ -149,10 +152,12 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             events: Sequence[Mapping], event_type: str | None = None,
             callback_url: str | None = None, to_inbox: bool = False,
             rate_limit: int = 0, job_id: str | None = None,
-            params: Mapping | None = None) -> tuple[str, int]:
+            params: Mapping | None = None, single: bool = False) -> tuple[str, int]:
     job_id = job_id or new_job_id()
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
               "attempts": 0, "created_at": now()}
+    if single:
+        fields["single"] = 1
     if event_type:
         fields["event_type"] = event_type
     if callback_url:
@@ -268,12 +273,13 @@ redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
-# Finishes a job unless it was cancelled (or expired) meanwhile.
+# Finishes a job unless it was cancelled (or expired) meanwhile; answers its created_at (for
+# the time to verdict, without another round trip), '' if it has none, or 0 if not finished.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status ~= 'running' then return 0 end
 for i = 1, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-return 1
+return redis.call('HGET', KEYS[1], 'created_at') or ''
 """
 
 _CANCEL = """
@@ -314,12 +320,13 @@ def get_many_events(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list
 
 def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
                 outcomes: Mapping[str, tuple[str, dict | None, list | None, str | None]]
-                ) -> list[str]:
+                ) -> dict[str, float | None]:
     """finish_job for many jobs in one round trip: {job_id: (status, summary, results, error)}.
 
     Results are written first: a client that sees `succeeded` must find them. A finished
     job is then kept for the full TTL from now, not from submission; its events are deleted.
-    Returns the ids that finished (not cancelled or expired meanwhile).
+    Returns the jobs that finished (not cancelled or expired meanwhile), each with its
+    created_at (None if it has none).
     """
     finish = r.register_script(_FINISH)
     pipe = r.pipeline(transaction=False)
@@ -348,7 +355,8 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
         # rewrites its append-only file less often.
         pipe.delete(keys.job_partial(tenant, job_id), keys.job_events(tenant, job_id))
     replies = pipe.execute()
-    return [job_id for job_id, at in zip(ids, flag_at) if replies[at]]
+    return {job_id: float(replies[at]) if replies[at] != b"" else None
+            for job_id, at in zip(ids, flag_at) if replies[at] != 0}
 
 
 def callback_urls(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> dict[str, str]:

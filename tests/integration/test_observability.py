@@ -96,8 +96,8 @@ def test_pipeline_metrics_of_the_worker_processes_reach_the_api(alpha, event_typ
     expected = {
         ("vigil_jobs_total", (("kind", "history"), ("status", "succeeded"))): 1,
         ("vigil_jobs_total", (("kind", "validate"), ("status", "succeeded"))): 2,
-        ("vigil_events_validated_total", (("valid", "true"),)): 1,
-        ("vigil_events_validated_total", (("valid", "false"),)): 2,
+        ("vigil_events_validated_total", (("event_type", event_type), ("valid", "true"))): 1,
+        ("vigil_events_validated_total", (("event_type", event_type), ("valid", "false"))): 2,
         ("vigil_warnings_total", (("code", "out_of_range"),)): 2,
         ("vigil_task_duration_seconds_count", (("task", "vigil.import_history"),)): 1,
         ("vigil_task_duration_seconds_count", (("task", "vigil.validate_job"),)): 1,
