@@ -25,10 +25,10 @@ import redis
 
 from api import observability
 from api.auth import tenant_for
-from api.jobs import JOB_ID_ENVIRON, admit_single_event
+from api.jobs import JOB_ID_ENVIRON, admit_single_event, job_eta
 from api.schemas import EVENT_SCHEMA
 from api.services import Services
-from tasks import store
+from tasks import eta, store
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -59,10 +59,14 @@ class FastSubmit:
             return self.app(environ, start_response)
         tenant, job_id = accepted
         status_url = f"{environ.get('SCRIPT_NAME', '')}/v1/jobs/{job_id}"
-        answer = orjson.dumps({"job_id": job_id, "status": store.QUEUED, "status_url": status_url})
+        lane = eta.EVENTS if self.services.settings.micro_batch else eta.JOBS
+        eta_s = job_eta(self.services, tenant, job_id, lane, 1)
+        answer = orjson.dumps({"job_id": job_id, "status": store.QUEUED, "status_url": status_url,
+                               "eta_s": eta_s})
         start_response("202 ACCEPTED", [("Content-Type", "application/json"),
                                          ("Content-Length", str(len(answer))),
-                                         ("Location", status_url)])
+                                         ("Location", status_url),
+                                         ("Retry-After", str(eta.retry_after(eta_s)))])
         observability.record("POST", ROUTE, PATH, 202, time.perf_counter() - started,
                              tenant=tenant, job_id=lambda: job_id)
         return [answer]

@@ -30,7 +30,7 @@ from api.schemas import (
     JobSubmitSchema,
 )
 from api.services import Services, services
-from tasks import inbox, store
+from tasks import eta, inbox, store
 from tasks.documents import job_document
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,21 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
         svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
     flask.g.job_id = job_id  # for the request's log line
     status_url = flask.url_for("jobs.Job", job_id=job_id)
-    return ({"job_id": job_id, "status": store.QUEUED, "status_url": status_url}, 202,
-            {"Location": status_url})
+    lane = eta.EVENTS if single and svc.settings.micro_batch else eta.JOBS
+    eta_s = job_eta(svc, tenant, job_id, lane, len(events))
+    return ({"job_id": job_id, "status": store.QUEUED, "status_url": status_url, "eta_s": eta_s},
+            202, {"Location": status_url, "Retry-After": str(eta.retry_after(eta_s))})
+
+
+def job_eta(svc: Services, tenant: str, job_id: str, lane: str, events: int) -> float:
+    """eta_s of a job just stored (tasks.eta). The job is stored and its answer due: should
+    the estimate's read fail, the answer carries the fallback estimate rather than a 503 a
+    client would retry (storing the job again, without an Idempotency-Key)."""
+    try:
+        return eta.estimate(svc.redis, tenant, job_id)
+    except redis.RedisError:
+        log.warning("eta not read; answering the fallback estimate", exc_info=True)
+        return eta.eta_seconds(eta.fallback(lane, events))
 
 
 def request_job_id(tenant: str) -> str:
@@ -221,8 +234,11 @@ class Job(MethodView):
             if raw is None:
                 return job_document(job, None)
             return flask.Response(document_json(job, raw), mimetype="application/json")
-        # Poll again in about a second; large jobs report progress meanwhile.
-        return job_document(job, None), 200, {"Retry-After": "1"}
+        # Poll again when it is expected to finish (at most RETRY_AFTER_MAX_S from now);
+        # large jobs report progress meanwhile.
+        eta_s = eta.estimate(services().redis, flask.g.tenant, job_id)
+        return ({**job_document(job, None), "eta_s": eta_s}, 200,
+                {"Retry-After": str(eta.retry_after(eta_s))})
 
     @blp.response(200, JobSchema)
     def delete(self, job_id: str):

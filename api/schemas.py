@@ -213,10 +213,18 @@ class HistorySubmitSchema(ma.Schema):
         return {"events": _csv_events(rows, ("timestamp",))}
 
 
+ETA_DESCRIPTION = (
+    "Estimated seconds until the job finishes: the events queued ahead of it (its own "
+    "included) over the throughput its kind of worker measured in the last minute (with none "
+    "measured, a conservative default). An estimate, not a promise; `Retry-After` (whole "
+    "seconds, 1 to 30) follows it.")
+
+
 class JobAcceptedSchema(ma.Schema):
     job_id = fields.String()
     status = fields.String()
     status_url = fields.String()
+    eta_s = fields.Float(metadata={"description": ETA_DESCRIPTION})
 
 
 class BaselineFiguresSchema(ma.Schema):
@@ -309,6 +317,9 @@ class JobSchema(ma.Schema):
     callback_url = fields.String(allow_none=True)
     webhook = fields.Dict(allow_none=True)
     results = fields.List(fields.Nested(ResultSchema))
+    eta_s = fields.Float(metadata={"description": ETA_DESCRIPTION + " In GET /v1/jobs/{id} "
+                                   "while the job is queued or running; absent once it "
+                                   "finished, and from job lists."})
 
 
 class JobListSchema(ma.Schema):

@@ -203,3 +203,21 @@ def feedback_log(tenant: str, event_type: str) -> str:
     """List: the audit trail of the type's feedback, newest first, as JSON {event, at, by,
     before, after} (bounded)."""
     return f"{PREFIX}:{tenant}:feedback-log:{event_type}"
+
+
+def judged(lane: str) -> str:
+    """Hash: epoch second -> events a lane's workers judged in it ('jobs': the default queue's
+    jobs, 'events': the single-event inbox), the last minute or so (tasks.eta)."""
+    return f"{PREFIX}:judged:{lane}"
+
+
+def judging_ms(lane: str) -> str:
+    """Hash: epoch second -> milliseconds a lane's workers spent judging the events counted in
+    keys.judged that second (summed over worker processes; tasks.eta)."""
+    return f"{PREFIX}:judging-ms:{lane}"
+
+
+def pending_events() -> str:
+    """Hash: '<tenant>:<job id>' -> '<created_at> <events not yet judged>' of each unfinished job
+    on the default queue (tasks.eta); dropped when the job finishes, or by the sweep."""
+    return f"{PREFIX}:pending-events"

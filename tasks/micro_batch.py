@@ -21,7 +21,7 @@ import redis
 from celery import shared_task
 
 from core import metrics
-from tasks import inbox, store
+from tasks import eta, inbox, store
 from tasks.context import redis_client, settings, through_outages
 from tasks.lifecycle import MAX_DELIVERIES, died_too_often
 from tasks.validate import judge_jobs, summarise
@@ -54,6 +54,7 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
     judged, deadline = 0, time.monotonic() + DRAIN_BUDGET_S
     while True:
         until = time.time() + cfg.visibility_timeout_s
+        claimed_at = time.monotonic()
         claimed = through_outages(partial(inbox.claim, r, MAX_BATCH, until), "claim events")
         if not claimed:
             return judged
@@ -67,6 +68,8 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
         for owner, job_ids in by_tenant.items():
             run_batch(r, owner, job_ids)
         through_outages(partial(inbox.release, r, claimed), "release events")
+        through_outages(partial(eta.record_judged, r, eta.EVENTS, len(claimed),
+                                      time.monotonic() - claimed_at), "throughput")
         judged += len(claimed)
         if time.monotonic() > deadline:
             validate_events.delay()  # the rest in a fresh task
@@ -76,8 +79,11 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
 @shared_task(name="vigil.sweep_events", ignore_result=True)
 def sweep_events() -> None:
     """Beat: put lapsed claims back in the inbox, and wake the events worker if anything is
-    waiting (also when the message that should have woken it was lost)."""
+    waiting (also when the message that should have woken it was lost). Also drops the
+    pending entries of jobs that ended without dropping theirs (tasks.eta): here, as this
+    sweep already runs every few seconds."""
     r = redis_client()
+    store.drop_finished_pending(r)
     reclaimed = inbox.reclaim_lapsed(r, time.time())
     if reclaimed:
         log.warning("single events reclaimed from a worker that stopped",

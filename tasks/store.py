@@ -18,7 +18,7 @@ import redis
 from core import keys
 from core.config import Settings
 from ml.stats import Moments
-from tasks import inbox
+from tasks import eta, inbox
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
     "queued", "running", "succeeded", "failed", "cancelled")
@@ -98,12 +98,15 @@ def count_request(r: redis.Redis, tenant: str) -> int:
 # Idempotent per job id (chosen by the caller before the call): if the job exists, the call
 # is a retry of one whose reply was lost, and it only says so (-2): no second inbox entry,
 # rate count or place among the recent jobs.
+# A job for the default queue (not the inbox) gets its entry among the pending events
+# (tasks.eta) in the same step: no job is ever pending without one, nor one without its job.
 _CREATE = _COUNTED + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return -2 end
 local limit = tonumber(ARGV[6])
 if limit > 0 and counted(KEYS[5], ARGV[7]) > limit then return -1 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 8))
+redis.call('HSET', KEYS[1], unpack(ARGV, 10))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+if ARGV[8] ~= '' then redis.call('HSET', KEYS[6], ARGV[8], ARGV[9]) end
 if ARGV[3] ~= '' then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[1]) end
 redis.call('LPUSH', KEYS[3], ARGV[4])
 redis.call('LTRIM', KEYS[3], 0, ARGV[2])
@@ -154,8 +157,9 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             rate_limit: int = 0, job_id: str | None = None,
             params: Mapping | None = None, single: bool = False) -> tuple[str, int]:
     job_id = job_id or new_job_id()
+    created_at = now()
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
-              "attempts": 0, "created_at": now()}
+              "attempts": 0, "created_at": created_at}
     if single:
         fields["single"] = 1
     if event_type:
@@ -166,10 +170,12 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["params"] = dumps(params)
     inbox_length = int(r.register_script(_CREATE)(
         keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
-              keys.events_inbox(), _current_window(tenant)],
+              keys.events_inbox(), _current_window(tenant), keys.pending_events()],
         args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, pack_events(events) if events else "",
               job_id, inbox.entry(tenant, job_id) if to_inbox else "",
               rate_limit, RATE_WINDOW_TTL_S,
+              *(("", "") if to_inbox else
+                (eta.pending_entry(tenant, job_id), eta.pending_value(created_at, len(events)))),
               *(x for pair in fields.items() for x in pair)]))
     if inbox_length == -1:
         raise OverRateLimit(tenant)
@@ -270,6 +276,7 @@ if not status or status == 'succeeded' or status == 'failed' or status == 'cance
   return -1
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+redis.call('HDEL', KEYS[1], 'progress_at')  -- a redelivery's judging time counts from now
 return redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 """
 
@@ -282,10 +289,13 @@ for i = 1, #ARGV - 1, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 return redis.call('HGET', KEYS[1], 'created_at') or ''
 """
 
+# A queued job's pending entry goes with it; a running one's stays until its worker stops
+# (tasks.eta: it still holds the worker until then).
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'running' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  if status == 'queued' then redis.call('HDEL', KEYS[2], ARGV[2]) end
   return 'cancelled'
 end
 return status
@@ -354,6 +364,8 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
         # now rather than kept for the TTL, Redis holds several times less per batch job, and
         # rewrites its append-only file less often.
         pipe.delete(keys.job_partial(tenant, job_id), keys.job_events(tenant, job_id))
+    if ids:  # no longer work ahead of anyone (a single event's job has no entry: a no-op)
+        pipe.hdel(keys.pending_events(), *(eta.pending_entry(tenant, j) for j in ids))
     replies = pipe.execute()
     return {job_id: float(replies[at]) if replies[at] != b"" else None
             for job_id, at in zip(ids, flag_at) if replies[at] != 0}
@@ -366,13 +378,63 @@ def callback_urls(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> dict[s
     return {j: url.decode() for j, url in zip(job_ids, pipe.execute()) if url}
 
 
+# Records a job's progress (ARGV[1] events done), counts the events done since the last
+# progress, and the time since then (or since the job started), in the jobs lane's
+# throughput, and updates the job's pending entry, if it has one (tasks.eta). A redelivered
+# job's progress starts again from 0: it counts no events until it passes what its first
+# delivery reached, and its entry says what is left.
+# KEYS: job, pending-events, judged:jobs, judging-ms:jobs.
+# ARGV: done, entry, now (epoch s, float), ttl, kept, window.
+_PROGRESS = eta.COUNT_JUDGED + """
+local before = tonumber(redis.call('HGET', KEYS[1], 'done') or '0')
+local done, now = tonumber(ARGV[1]), tonumber(ARGV[3])
+local since = tonumber(redis.call('HGET', KEYS[1], 'progress_at')
+                       or redis.call('HGET', KEYS[1], 'started_at') or ARGV[3])
+redis.call('HSET', KEYS[1], 'done', done, 'progress_at', ARGV[3])
+if done > before then
+  count_judged(KEYS[3], KEYS[4], math.floor(now), done - before,
+               math.max(0, math.floor((now - since) * 1000)), ARGV[4], tonumber(ARGV[5]),
+               tonumber(ARGV[6]))
+end
+local mine = redis.call('HGET', KEYS[2], ARGV[2])
+if mine then
+  local total = tonumber(redis.call('HGET', KEYS[1], 'total') or '0')
+  local created = string.match(mine, '^(%S+)')
+  redis.call('HSET', KEYS[2], ARGV[2], created .. ' ' .. math.max(total - done, 0))
+end
+"""
+
+
 def set_progress(r: redis.Redis, tenant: str, job_id: str, done: int) -> None:
-    r.hset(keys.job(tenant, job_id), "done", done)
+    """The job's events done so far; also what tasks.eta measures and counts ahead."""
+    r.register_script(_PROGRESS)(
+        keys=[keys.job(tenant, job_id), keys.pending_events(), keys.judged(eta.JOBS),
+              keys.judging_ms(eta.JOBS)],
+        args=[done, eta.pending_entry(tenant, job_id), repr(time.time()), eta.BUCKETS_TTL_S,
+              eta.BUCKETS_KEPT, eta.WINDOW_S])
+
+
+def drop_finished_pending(r: redis.Redis) -> int:
+    """Drop the pending entries (tasks.eta) of jobs that finished, were cancelled or are gone
+    (expired, or stored but never run); how many. Beat's sweep calls it, so an entry whose
+    job ended without dropping it (a worker that died between two steps) is gone within
+    EVENTS_SWEEP_S rather than counted ahead for good."""
+    entries = [e.decode() for e in r.hkeys(keys.pending_events())]
+    if not entries:
+        return 0
+    pipe = r.pipeline(transaction=False)
+    for entry in entries:
+        tenant, job_id = inbox.parse(entry)
+        pipe.hget(keys.job(tenant, job_id), "status")
+    ended = [entry for entry, status in zip(entries, pipe.execute())
+             if status is None or status.decode() in FINISHED]
+    return int(r.hdel(keys.pending_events(), *ended)) if ended else 0
 
 
 def cancel_job(r: redis.Redis, tenant: str, job_id: str) -> str | None:
     """Cancel a queued or running job. Returns the status it has now (None: no such job)."""
-    status = r.eval(_CANCEL, 1, keys.job(tenant, job_id), now())
+    status = r.eval(_CANCEL, 2, keys.job(tenant, job_id), keys.pending_events(), now(),
+                    eta.pending_entry(tenant, job_id))
     return status.decode() if status else None
 
 

@@ -83,8 +83,16 @@ def without_results(job: dict) -> dict:
 # -- jobs ----------------------------------------------------------------------------------
 
 
+def estimated(job: dict) -> str:
+    """The server's estimate of the time left (eta_s), if it gave one."""
+    eta_s = job.get("eta_s")
+    if not isinstance(eta_s, int | float):
+        return ""
+    return ", under a second to go" if eta_s < 1 else f", about {eta_s:.0f} s to go"
+
+
 def accepted_message(client: Client, accepted: dict, what: str) -> None:
-    out(f"{what}: job {accepted['job_id']} {accepted['status']}")
+    out(f"{what}: job {accepted['job_id']} {accepted['status']}{estimated(accepted)}")
     out(f"status: {client.url(accepted['status_url'])}")
 
 
@@ -100,7 +108,8 @@ def wait_with_progress(client: Client, job_id: str) -> dict:
             bar = tqdm(total=total, file=sys.stderr, unit="event", desc=job.get("status"),
                        leave=True, mininterval=0.2)
         if bar is not None:
-            bar.set_description_str(job.get("status") or "", refresh=False)
+            # The server's estimate too: tqdm's own says "?" while the job is queued.
+            bar.set_description_str(f"{job.get('status') or ''}{estimated(job)}", refresh=False)
             bar.update(max(0, min(done, total) - bar.n))
 
     try:

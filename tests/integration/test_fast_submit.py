@@ -77,7 +77,9 @@ def test_an_accepted_event_gets_the_same_answer_and_verdict(request, mode, worke
         assert response.status_code == 202, (name, response.text)
         assert response.mimetype == "application/json", name
         body = response.get_json()
-        assert set(body) == {"job_id", "status", "status_url"}, name
+        assert set(body) == {"job_id", "status", "status_url", "eta_s"}, name
+        assert isinstance(body["eta_s"], float) and body["eta_s"] > 0, name
+        assert 1 <= int(response.headers["Retry-After"]) <= 30, name
         assert body["status"] == "queued", name
         assert body["status_url"] == f"/v1/jobs/{body['job_id']}", name
         assert response.headers["Location"] == body["status_url"], name

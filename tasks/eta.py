@@ -1,0 +1,194 @@
+"""How long until a job finishes: the work queued ahead of it over the throughput measured in
+the last minute (issue 16). The API answers it as `eta_s` and `Retry-After`.
+
+Two lanes, as there are two kinds of worker that judge (tasks.WORKER_ARGS), each measured
+on its own:
+- 'jobs', the default queue (batch jobs, history imports; single events with
+  VIGIL_MICRO_BATCH=off). Work ahead: the events not yet judged of every unfinished job created
+  no later than this one, from keys.pending_events, one entry per job, written with the job
+  (tasks.store._CREATE), updated at each chunk's progress and dropped at its finish.
+  Why entries per job rather than one counter incremented at submit and decremented when
+  judged: a job lost before it ran (a broker that refused its message), cancelled while queued,
+  expired, or a worker that died between the finish and the decrement would leave a counter
+  wrong for good; an entry names its job, so the sweep (tasks.store.drop_finished_pending,
+  every EVENTS_SWEEP_S) drops those whose job finished or is gone, and a redelivered job
+  rewrites its own entry rather than counting twice.
+  Why not the Celery queue's length: it counts messages, and one message may be one event
+  or 10,000.
+- 'events', the single-event inbox (tasks.inbox). Work ahead: its length plus the claimed
+  entries, the very structures the worker drains (each entry is one event), so nothing can
+  drift. A queued event polled later counts the events behind it too: at most a
+  micro-batch's worth of pessimism.
+
+Throughput: workers count the events they judged per epoch second (keys.judged; a chunk's
+events land in the second it was merged) and the time they spent judging them
+(keys.judging_ms, summed over processes). The last minute's events are divided by the time
+the lane was busy in it: per bucket, the time since the previous bucket, but no more than the
+judging time recorded in it. Two processes judging side by side for a second record two
+seconds of judging in it and count one; a lone event judged in 10 ms counts 10 ms, not the
+idle minute around it (events over wall time would measure the arrival rate, not what a
+worker can do); a chunk that took 3 s counts the 3 s since the previous bucket. The first
+bucket counts its judging time. A lane with no count in the minute uses
+FALLBACK_EVENTS_PER_S. Measured over a minute, the rate lags a change in speed (workers
+warming up, a noisy neighbour on the machine) by up to that minute.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import redis
+
+from core import keys
+
+JOBS, EVENTS = "jobs", "events"
+WINDOW_S = 60
+# The least time a measurement is taken over: one micro-batch judged in 5 ms would otherwise
+# read as a rate it never sustains.
+MIN_MEASURED_S = 0.25
+# With no events judged in the last minute (an idle system, a fresh start): events per second
+# assumed, well below what this 2-core machine measured (README, Benchmarks: batch jobs
+# 20,000-30,000 events/s; single events about 2,000/s saturated), so a first estimate errs
+# long rather than short.
+FALLBACK_EVENTS_PER_S = {JOBS: 5000.0, EVENTS: 500.0}
+# Retry-After: at least a second (no client polls back to back), at most this, so a poller
+# still sees a job finish early, or its progress, when the estimate was long.
+RETRY_AFTER_MAX_S = 30
+# Each lane's buckets live this long after their last write, and are trimmed past this many.
+BUCKETS_TTL_S = 2 * WINDOW_S
+BUCKETS_KEPT = WINDOW_S + 10
+
+# Counts n events judged in ms milliseconds in the buckets of `second`, in the events and
+# milliseconds hashes; trims buckets older than the window once there are more than `kept`
+# (a lane writes at most one bucket a second).
+COUNT_JUDGED = """
+local function count_judged(events_key, ms_key, second, n, ms, ttl, kept, window)
+  redis.call('HINCRBY', events_key, second, n)
+  redis.call('HINCRBY', ms_key, second, ms)
+  for _, key in ipairs({events_key, ms_key}) do
+    redis.call('EXPIRE', key, ttl)
+    if redis.call('HLEN', key) > kept then
+      for _, s in ipairs(redis.call('HKEYS', key)) do
+        if tonumber(s) < second - window then redis.call('HDEL', key, s) end
+      end
+    end
+  end
+end
+"""
+_RECORD = COUNT_JUDGED + "count_judged(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2], " \
+                         "ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))"
+
+# The inputs of a job's estimate in one round trip: {lane (1 jobs, 0 events), events ahead
+# (its own included), events judged in the window, milliseconds the lane was busy then}.
+# KEYS: pending-events, judged:jobs, judging-ms:jobs, judged:events, judging-ms:events,
+# inbox, claimed. ARGV: the job's entry, the window's first second.
+_READ = """
+local since = tonumber(ARGV[2])
+local function judged(key, ms_key)
+  local flat = redis.call('HGETALL', key)
+  local seconds, sum = {}, 0
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i])
+    if s >= since then
+      sum = sum + tonumber(flat[i + 1])
+      seconds[#seconds + 1] = s
+    end
+  end
+  if sum == 0 then return 0, 0 end
+  table.sort(seconds)
+  local ms_of = {}
+  flat = redis.call('HGETALL', ms_key)
+  for i = 1, #flat, 2 do ms_of[tonumber(flat[i])] = tonumber(flat[i + 1]) end
+  local busy = 0
+  for k, s in ipairs(seconds) do
+    local ms = ms_of[s] or 0
+    if k > 1 then ms = math.min(ms, (s - seconds[k - 1]) * 1000) end
+    busy = busy + ms
+  end
+  return sum, busy
+end
+local mine = redis.call('HGET', KEYS[1], ARGV[1])
+if not mine then
+  local ahead = redis.call('LLEN', KEYS[6]) + redis.call('ZCARD', KEYS[7])
+  local sum, busy = judged(KEYS[4], KEYS[5])
+  return {0, ahead, sum, busy}
+end
+local created = tonumber(string.match(mine, '^(%S+)'))
+local ahead = 0
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 2, #flat, 2 do
+  local at, left = string.match(flat[i], '^(%S+) (%S+)$')
+  if tonumber(at) <= created then ahead = ahead + tonumber(left) end
+end
+local sum, busy = judged(KEYS[2], KEYS[3])
+return {1, ahead, sum, busy}
+"""
+
+
+def pending_entry(tenant: str, job_id: str) -> str:
+    return f"{tenant}:{job_id}"
+
+
+def pending_value(created_at: float, left: int) -> str:
+    return f"{created_at!r} {left}"
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What an estimate is made of: the lane, events ahead of the job (its own included), the
+    events the lane judged in the window and the seconds it was busy judging them."""
+    lane: str
+    ahead: int
+    judged: int
+    busy_s: float
+
+
+def events_per_s(backlog: Backlog) -> float:
+    """The lane's measured throughput, or its fallback with nothing measured."""
+    if backlog.judged <= 0:
+        return FALLBACK_EVENTS_PER_S[backlog.lane]
+    return backlog.judged / max(backlog.busy_s, MIN_MEASURED_S)
+
+
+def eta_seconds(backlog: Backlog) -> float:
+    """Seconds until the job is expected to finish, to a tenth of a second (at least 0.1: a
+    queued job is never done this instant)."""
+    return max(0.1, round(max(backlog.ahead, 1) / events_per_s(backlog), 1))
+
+
+def retry_after(eta_s: float) -> int:
+    """Retry-After for an unfinished job: its eta rounded up, within 1..RETRY_AFTER_MAX_S."""
+    return min(RETRY_AFTER_MAX_S, max(1, math.ceil(eta_s))) if math.isfinite(eta_s) \
+        else RETRY_AFTER_MAX_S
+
+
+def fallback(lane: str, events: int) -> Backlog:
+    """A backlog of just these events with nothing measured."""
+    return Backlog(lane, events, 0, 0.0)
+
+
+def backlog(r: redis.Redis, tenant: str, job_id: str, now: float | None = None) -> Backlog:
+    """The backlog of an unfinished job (one script call)."""
+    now = time.time() if now is None else now
+    lane, ahead, judged, busy_ms = r.register_script(_READ)(
+        keys=[keys.pending_events(), keys.judged(JOBS), keys.judging_ms(JOBS),
+              keys.judged(EVENTS), keys.judging_ms(EVENTS), keys.events_inbox(),
+              keys.events_claimed()],
+        args=[pending_entry(tenant, job_id), int(now) - WINDOW_S])
+    return Backlog(JOBS if lane else EVENTS, int(ahead), int(judged), int(busy_ms) / 1000)
+
+
+def estimate(r: redis.Redis, tenant: str, job_id: str) -> float:
+    """eta_s of an unfinished job."""
+    return eta_seconds(backlog(r, tenant, job_id))
+
+
+def record_judged(r: redis.Redis, lane: str, n: int, judging_s: float) -> None:
+    """Count n events judged now, in judging_s seconds, in the lane's throughput."""
+    if n > 0:
+        r.register_script(_RECORD)(
+            keys=[keys.judged(lane), keys.judging_ms(lane)],
+            args=[int(time.time()), n, round(judging_s * 1000), BUCKETS_TTL_S, BUCKETS_KEPT,
+                  WINDOW_S])
