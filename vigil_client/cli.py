@@ -352,7 +352,7 @@ def verdict_text(verdict: dict) -> str:
 
 
 def changed_table(events: list[dict], before: str, after: str) -> str:
-    rows = [(moment(e["ts"]), ", ".join(f"{k}={number(v)}" for k, v in e["values"].items()),
+    rows = [(moment(e["ts"]), ", ".join(f"{k}={v:g}" for k, v in e["values"].items()),
              e.get("feedback") or "-", verdict_text(e[before]), verdict_text(e[after]))
             for e in events]
     return table(("timestamp", "values", "feedback", before, after), rows, right=set())
