@@ -312,6 +312,11 @@ def main() -> int:
     except ConfigError as exc:
         die(str(exc))
 
+    # Beat's schedule file only remembers when each periodic task last ran (every task here
+    # runs every few seconds or minutes); one left half-written by a killed beat makes the
+    # next beat die at start (EOFError), so each run starts without it.
+    for stale in STATE_DIR.glob("celerybeat-schedule*"):
+        stale.unlink()
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
     uwsgi, celery = executable("uwsgi"), executable("celery")
     commands: list[tuple[str, list[str]]] = [
