@@ -340,6 +340,8 @@ def comparison(left: dict, right: dict, names: tuple[str, str]) -> str:
 def verdict_text(verdict: dict) -> str:
     if verdict.get("valid"):
         return "valid"
+    if "codes" in verdict:  # a stored verdict: its rules only
+        return "invalid: " + ", ".join(verdict["codes"]) if verdict["codes"] else "invalid"
     parts = []
     for w in verdict.get("warnings", []):
         if w.get("z") is not None:
