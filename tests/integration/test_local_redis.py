@@ -1,5 +1,5 @@
 """The Redis `make run` starts for itself (core.localredis; the tests' and `make bench`'s too)
-persists as the README says: an append-only file, fsync every second, no snapshots, and the
+persists as docs/operations.md says: an append-only file, fsync every second, no snapshots, and the
 file rewritten only once it has grown past 1 GB (a rewrite forks Redis and stalls clients)."""
 
 from __future__ import annotations

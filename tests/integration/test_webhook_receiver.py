@@ -1,4 +1,4 @@
-"""The README's webhook walkthrough, as a user runs it: the tenant's secret from `vigil
+"""docs/webhooks.md's walkthrough, as a user runs it: the tenant's secret from `vigil
 webhook-secret`, scripts/webhook_receiver.py verifying with it, a job whose callback it is."""
 
 from __future__ import annotations

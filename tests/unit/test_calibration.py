@@ -74,7 +74,7 @@ def test_heavy_tailed_history_gets_a_higher_threshold_that_holds_on_fresh_values
 
 def test_student_t3_threshold_is_higher_and_bounds_the_rate():
     """A power-law tail (t, 3 degrees of freedom): the exponential extrapolation is reached
-    2.4-3.5x the target in eight seeds, not within 2x (said in the README); still a tenth of
+    2.4-3.5x the target in eight seeds, not within 2x (said in docs/detection.md); still a tenth of
     what the Gaussian threshold flags."""
     rng = np.random.default_rng(0)
     history = 100 + 10 * rng.standard_t(3, 10_000)
