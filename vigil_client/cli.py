@@ -369,31 +369,32 @@ def run_and_wait(client: Client, args: argparse.Namespace, accepted: dict) -> di
     return job["summary"]
 
 
-def cmd_backtest(client: Client, args: argparse.Namespace) -> int:
-    proposed = parse_assignments(args.set, client.settings(args.event_type)["overrides"])
-    summary = run_and_wait(client, args, client.backtest(
-        args.event_type, proposed, since=args.since, until=args.until))
+def show_rejudged(client: Client, args: argparse.Namespace, accepted: dict, sides: tuple[str, str],
+                  names: tuple[str, str], changed: str) -> int:
+    """Wait for a backtest or replay job and print its two sides and the changed verdicts."""
+    summary = run_and_wait(client, args, accepted)
     if summary is None:
         return 0 if args.json else 1
-    out(comparison(summary["current"], summary["proposed"], ("current", "proposed")))
-    out(f"\n{summary['changed']} verdicts would change"
-        + (f"; the first {len(summary['changed_events'])}:" if summary["changed_events"] else ""))
-    if summary["changed_events"]:
-        out(changed_table(summary["changed_events"], "current", "proposed"))
+    out(comparison(summary[sides[0]], summary[sides[1]], names))
+    listed = summary["changed_events"]
+    out(f"\n{summary['changed']} verdicts {changed}"
+        + (f"; the first {len(listed)}:" if listed else ""))
+    if listed:
+        out(changed_table(listed, *sides))
     return 0
+
+
+def cmd_backtest(client: Client, args: argparse.Namespace) -> int:
+    proposed = parse_assignments(args.set, client.settings(args.event_type)["overrides"])
+    accepted = client.backtest(args.event_type, proposed, since=args.since, until=args.until)
+    return show_rejudged(client, args, accepted, ("current", "proposed"),
+                         ("current", "proposed"), "would change")
 
 
 def cmd_revalidate(client: Client, args: argparse.Namespace) -> int:
-    summary = run_and_wait(client, args, client.revalidate(
-        args.event_type, since=args.since, until=args.until))
-    if summary is None:
-        return 0 if args.json else 1
-    out(comparison(summary["before"], summary["after"], ("as judged", "judged now")))
-    out(f"\n{summary['changed']} verdicts changed"
-        + (f"; the first {len(summary['changed_events'])}:" if summary["changed_events"] else ""))
-    if summary["changed_events"]:
-        out(changed_table(summary["changed_events"], "before", "after"))
-    return 0
+    accepted = client.revalidate(args.event_type, since=args.since, until=args.until)
+    return show_rejudged(client, args, accepted, ("before", "after"),
+                         ("as judged", "judged now"), "changed")
 
 
 def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
