@@ -152,7 +152,12 @@ class TypeSettings(MethodView):
         defaults, and the latest changes"""
         return settings_document(checked_type(event_type))
 
-    @blp.arguments(TypeSettingsBodySchema)
+    @blp.arguments(TypeSettingsBodySchema, examples={
+        "stricter": {"value": {"z_threshold": 5.0}},
+        "a noisy field left out": {"value": {"ignore_fields": ["latency_ms"]}},
+        "fewer alerts, no time of day": {"value": {"alert_rate": 0.0005,
+                                                   "derived_features": []}},
+        "back to the environment's": {"value": {}}})
     @blp.response(200, TypeSettingsSchema)
     def put(self, body: dict, event_type: str):
         """Set the type's settings (each one named overrides the environment's; one left out

@@ -410,6 +410,23 @@ def cmd_feedback(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback_summary(client: Client, args: argparse.Namespace) -> int:
+    summary = client.feedback_summary(args.event_type)
+    if args.json:
+        dump(summary)
+        return 0
+    out(f"{summary['false_alarm']} false alarms, {summary['confirmed']} confirmed anomalies")
+    if summary["audit"]:
+        rows = [(entry["at"], entry["by"], entry["event"],
+                 (entry.get("before") or {}).get("label") or "-",
+                 (entry.get("after") or {}).get("label") or "withdrawn",
+                 (entry.get("after") or {}).get("note") or "")
+                for entry in summary["audit"]]
+        out("")
+        out(table(("when", "by", "event (job:index)", "before", "after", "note"), rows, set()))
+    return 0
+
+
 def cmd_webhook_secret(client: Client, args: argparse.Namespace) -> int:
     if args.status:
         info = client.webhook_secret_info()
@@ -543,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("index", metavar="INDEX", type=int, help="the event's index in the job")
     p.add_argument("label", choices=("false_alarm", "confirmed", "withdraw"))
     p.add_argument("--note", help="why (kept in the audit trail)")
+
+    p = command("feedback-summary", cmd_feedback_summary,
+                "an event type's feedback: counts per label and the audit trail, newest first")
+    p.add_argument("event_type", metavar="TYPE")
 
     p = command("webhook-secret", cmd_webhook_secret,
                 "create (or rotate) this tenant's webhook secret and print it: it is shown once; "

@@ -297,6 +297,10 @@ def test_the_feedback_loop_from_the_command_line(vigil, event_type, tmp_path):
     assert re.search(r"by rule\s+anomaly 1, out_of_range 1\s+anomaly 1\n", out), out
     assert re.search(r"false alarms flagged\s+1 of 1 marked\s+1 of 1 marked", out), out
 
+    code, out, _ = vigil("feedback-summary", event_type)
+    assert code == 0 and out.startswith("1 false alarms, 0 confirmed anomalies")
+    assert re.search(rf"key:\w+\s+{job}:1\s+-\s+false_alarm\s+known spike", out), out
+
     code, _, err = vigil("settings", event_type, "--set", "alert_rate=2")
     assert code == 2 and "alert_rate" in err
     code, _, err = vigil("feedback", job, 7, "confirmed")
