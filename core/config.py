@@ -120,6 +120,9 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Celery's broker: Redis (the default, REDIS_URL) or RabbitMQ (amqp://...).
     broker_url: str | None = None
+    # RabbitMQ only: "quorum" declares Vigil's queues as quorum queues (replicated, the
+    # production choice), "classic" as classic ones.
+    broker_queue_type: str = "classic"
     env: str = "development"
     # {sha256(api key): tenant}
     api_keys: Mapping[str, str] = field(default_factory=lambda: {key_digest(DEV_API_KEY): DEV_TENANT})
@@ -201,6 +204,14 @@ class Settings:
             return self.anomaly_contamination
         return (1.0 - Z_SHARE) * self.alert_rate
 
+    def broker_countdown(self, delay_s: float) -> float:
+        """A task countdown the broker can keep. RabbitMQ's native delayed delivery (quorum
+        queues) counts whole seconds and refuses less than one (kombu raises "countdown must
+        be a positive number", and the task would be lost): rounded up there."""
+        if self.broker_queue_type == "quorum":
+            return float(max(1, math.ceil(delay_s)))
+        return delay_s
+
     def checks(self, field_name: str) -> bool:
         """Whether values of this payload field are judged (check_fields, ignore_fields)."""
         if field_name in self.ignore_fields:
@@ -263,6 +274,7 @@ class Settings:
         settings = cls(
             redis_url=get("REDIS_URL", defaults.redis_url),
             broker_url=get("VIGIL_BROKER_URL", defaults.broker_url),
+            broker_queue_type=get("VIGIL_BROKER_QUEUE_TYPE", defaults.broker_queue_type),
             env=mode,
             api_keys=api_keys,
             webhook_secret=secret,
@@ -312,6 +324,12 @@ class Settings:
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
                 )
+        if self.broker_queue_type not in ("classic", "quorum"):
+            raise ConfigError("VIGIL_BROKER_QUEUE_TYPE must be 'classic' or 'quorum'")
+        if self.broker_queue_type == "quorum" and not (self.broker_url or "").startswith(
+                ("amqp://", "amqps://", "pyamqp://")):
+            raise ConfigError("VIGIL_BROKER_QUEUE_TYPE=quorum needs RabbitMQ as the broker "
+                              "(VIGIL_BROKER_URL=amqp://...)")
         if not 0 < self.alert_rate < 0.5:
             raise ConfigError("VIGIL_ALERT_RATE must be in (0, 0.5): the share of ordinary "
                               "events that may be flagged, e.g. 0.001 for 1 in 1,000")
@@ -354,6 +372,21 @@ class Settings:
 
     def celery(self) -> dict:
         """Celery's configuration keys for these settings."""
+        conf = self._celery()
+        if self.broker_queue_type == "quorum":
+            # Every queue Vigil uses as a RabbitMQ quorum queue, on a topic exchange: Celery
+            # delays a countdown task (a webhook retry) with RabbitMQ's native delayed
+            # delivery only through a topic exchange (through a direct one the worker would
+            # hold the message until its time). Publisher confirms: a submission is
+            # acknowledged only once the queue's quorum has the message.
+            conf.update(task_default_queue_type="quorum", task_default_exchange_type="topic",
+                        task_create_missing_queue_type="quorum",
+                        task_create_missing_queue_exchange_type="topic")
+            conf["broker_transport_options"] = {**conf["broker_transport_options"],
+                                                "confirm_publish": True}
+        return conf
+
+    def _celery(self) -> dict:
         return {
             "broker_url": self.broker_url or self.redis_url,
             # Vigil's job store holds results; Celery's result backend would only duplicate them.

@@ -246,7 +246,7 @@ def deliver_webhook(tenant: str, job_id: str) -> str:
         # A countdown longer than the broker's visibility timeout makes the Redis transport
         # deliver the task twice; longer waits go to a schedule that beat sweeps instead.
         if delay <= min(MAX_COUNTDOWN_S, cfg.visibility_timeout_s / 2):
-            deliver_webhook.apply_async((tenant, job_id), countdown=delay)
+            deliver_webhook.apply_async((tenant, job_id), countdown=cfg.broker_countdown(delay))
         else:
             store.schedule_webhook(r, tenant, job_id, store.now() + delay)
         return "retrying"
@@ -328,6 +328,7 @@ def deliver_episode_webhook(self, tenant: str, transition: str, episode: dict[st
             return "failed"
         delay = min(next_delay(cfg.webhook_schedule_s, attempt, exc.retry_after_s),
                     cfg.visibility_timeout_s / 2)
-        raise self.retry(countdown=delay, max_retries=cfg.webhook_max_attempts - 1) from exc
+        raise self.retry(countdown=cfg.broker_countdown(delay),
+                         max_retries=cfg.webhook_max_attempts - 1) from exc
     metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
     return "delivered"

@@ -139,3 +139,19 @@ def test_webhook_schedule_and_rotating_secrets():
         if bad:
             with pytest.raises(ConfigError, match="VIGIL_WEBHOOK_SCHEDULE"):
                 Settings.from_env({"VIGIL_WEBHOOK_SCHEDULE": bad})
+
+
+def test_quorum_queues_need_rabbitmq_and_round_countdowns_to_whole_seconds():
+    amqp = {"VIGIL_BROKER_URL": "amqp://guest:guest@127.0.0.1:5672//"}
+    quorum = Settings.from_env({**amqp, "VIGIL_BROKER_QUEUE_TYPE": "quorum"})
+    conf = quorum.celery()
+    assert conf["task_default_queue_type"] == conf["task_create_missing_queue_type"] == "quorum"
+    assert conf["task_default_exchange_type"] == "topic"
+    assert conf["broker_transport_options"]["confirm_publish"] is True
+    assert [quorum.broker_countdown(d) for d in (0.2, 1.0, 4.1)] == [1.0, 1.0, 5.0]
+    classic = Settings.from_env(amqp)
+    assert classic.broker_countdown(0.2) == 0.2 and "task_default_queue_type" not in classic.celery()
+    with pytest.raises(ConfigError, match="needs RabbitMQ"):
+        Settings.from_env({"VIGIL_BROKER_QUEUE_TYPE": "quorum"})
+    with pytest.raises(ConfigError, match="'classic' or 'quorum'"):
+        Settings.from_env({**amqp, "VIGIL_BROKER_QUEUE_TYPE": "mirrored"})
