@@ -47,7 +47,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     api = ProblemApi(app, spec_kwargs={"info": {"description": (
         "Send events; get a verdict per event from statistical and learned checks. "
-        "Authenticate with `Authorization: Bearer <key>`.")}})
+        "Authenticate with `Authorization: Bearer <key>`.\n\n"
+        "For people: the web page [/ui](/ui) (sign in with an API key) shows each event "
+        "type's history against its band, the flagged events with feedback buttons, a "
+        "backtest form and the latest jobs.")}})
     api.spec.components.security_scheme("bearer", {"type": "http", "scheme": "bearer"})
     register_outage_handlers(app, api)
     observability.init_app(app)

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import flask
 import kombu.exceptions
@@ -162,11 +163,38 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
     return job_id
 
 
+def latest_jobs(svc: Services, tenant: str, limit: int, before: str | None) -> dict:
+    """A page of the tenant's latest jobs (newest first) and where the next page starts."""
+    # One more than asked: whether there is a next page.
+    ids = store.recent_job_ids(svc.redis, tenant, limit + 1, before)
+    if ids is None:
+        abort(404, message=f"Job {before!r} is not in the list of latest jobs (it expired, or "
+                           "was pushed out by newer ones); start again without `before`.")
+    jobs = [job for job in store.get_jobs(svc.redis, tenant, ids[:limit]) if job]
+    return {"jobs": [job_document(job, None) for job in jobs],
+            "next_before": ids[limit - 1] if len(ids) > limit else None}
+
+
 def document_json(job: dict, results_json: bytes | None) -> bytes:
     """The job's document as JSON, its stored results (JSON already) spliced in as they are
     rather than parsed and re-serialised by the thousand (JobSchema documents them)."""
     head = flask.json.dumps(job_document(job, None)).encode()
     return head if results_json is None else b"".join((head[:-1], b',"results":', results_json, b"}"))
+
+
+def job_answer(job_id: str) -> flask.Response | tuple[dict, int, dict] | dict:
+    """The caller's job as GET /v1/jobs/{id} answers it (the API's and the /ui page's)."""
+    job = load_job(job_id)
+    if job["status"] in store.FINISHED:
+        raw = store.get_results_json(services().redis, flask.g.tenant, job_id)
+        if raw is None:
+            return job_document(job, None)
+        return flask.Response(document_json(job, raw), mimetype="application/json")
+    # Poll again when it is expected to finish (at most RETRY_AFTER_MAX_S from now);
+    # large jobs report progress meanwhile.
+    eta_s = eta.estimate(services().redis, flask.g.tenant, job_id)
+    return ({**job_document(job, None), "eta_s": eta_s}, 200,
+            {"Retry-After": str(eta.retry_after(eta_s))})
 
 
 def load_job(job_id: str) -> dict:
@@ -199,12 +227,13 @@ class Jobs(MethodView):
         """Jobs by id with their results (?ids=), or the latest jobs without results
 
         `?ids=` reads up to 100 jobs in one request: a client sending many single events
-        polls their verdicts in bulk rather than one GET per event.
+        polls their verdicts in bulk rather than one GET per event. Without it, the latest
+        jobs, newest first, `limit` at a time (default 20, at most 200); the next page is
+        `?before=<next_before>`.
         """
         svc, tenant = services(), flask.g.tenant
         if "ids" not in query:
-            jobs = store.get_jobs(svc.redis, tenant, store.recent_job_ids(svc.redis, tenant))
-            return {"jobs": [job_document(job, None) for job in jobs if job]}
+            return latest_jobs(svc, tenant, query["limit"], query.get("before"))
         found = [job for job in store.get_jobs(svc.redis, tenant, list(dict.fromkeys(query["ids"])))
                  if job]
         finished = [job["job_id"] for job in found if job["status"] in store.FINISHED]
@@ -228,17 +257,7 @@ class Job(MethodView):
     @blp.response(200, JobSchema)
     def get(self, job_id: str):
         """A job: status, progress, summary and, once finished, one result per event"""
-        job = load_job(job_id)
-        if job["status"] in store.FINISHED:
-            raw = store.get_results_json(services().redis, flask.g.tenant, job_id)
-            if raw is None:
-                return job_document(job, None)
-            return flask.Response(document_json(job, raw), mimetype="application/json")
-        # Poll again when it is expected to finish (at most RETRY_AFTER_MAX_S from now);
-        # large jobs report progress meanwhile.
-        eta_s = eta.estimate(services().redis, flask.g.tenant, job_id)
-        return ({**job_document(job, None), "eta_s": eta_s}, 200,
-                {"Retry-After": str(eta.retry_after(eta_s))})
+        return job_answer(job_id)
 
     @blp.response(200, JobSchema)
     def delete(self, job_id: str):
@@ -271,6 +290,11 @@ def spreadsheet_text(value: str | None) -> str | None:
     return value
 
 
+def utc_iso(epoch: float) -> str:
+    """An event's timestamp as ISO-8601 UTC ("2026-11-23T12:00:00Z"; fractions kept)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
 def results_csv_response(job_id: str) -> flask.Response:
     """The caller's job results as a CSV download (the API's and the /ui page's)."""
     job = load_job(job_id)
@@ -283,8 +307,8 @@ def results_csv_response(job_id: str) -> flask.Response:
         "index": [r["index"] for r in results],
         "event_id": [text(r.get("event_id")) for r in results],
         "event_type": [text(r["event_type"]) for r in results],
-        "timestamp": [r["timestamp"] for r in results],
-        "valid": [r["valid"] for r in results],
+        "timestamp": [utc_iso(r["timestamp"]) for r in results],
+        "valid": ["true" if r["valid"] else "false" for r in results],
         "anomaly_score": [r["anomaly_score"] for r in results],
         "warning_codes": [text(";".join(w["code"] for w in r["warnings"])) for r in results],
         "warnings": [text(json.dumps(r["warnings"])) if r["warnings"] else "" for r in results],

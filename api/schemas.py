@@ -324,10 +324,16 @@ class JobSchema(ma.Schema):
 
 class JobListSchema(ma.Schema):
     jobs = fields.List(fields.Nested(JobSchema))
+    next_before = fields.String(allow_none=True, metadata={
+        "description": "Without `ids`: pass it as `?before=` for the next (older) page; null "
+                       "when this page is the last. Absent with `ids`."})
 
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 MAX_JOB_IDS = 100
+DEFAULT_JOBS_PAGE = 20
+MAX_JOBS_PAGE = 200
+RECENT_JOBS_LISTED = 200  # tasks.store.RECENT_JOBS_KEPT (api/schemas.py imports no tasks/)
 
 
 class JobQuerySchema(ma.Schema):
@@ -338,7 +344,18 @@ class JobQuerySchema(ma.Schema):
                                  error=f"Ask for 1 to {MAX_JOB_IDS} jobs at a time."),
         metadata={"description": "Comma-separated job ids: these jobs, with their results "
                                  "once finished, in this order (unknown or expired ids are "
-                                 "left out). Without it: the latest jobs, without results."})
+                                 "left out). Without it: the latest jobs, without results, "
+                                 "newest first, a page at a time (`limit`, `before`)."})
+    limit = fields.Integer(load_default=DEFAULT_JOBS_PAGE, validate=validate.Range(
+        min=1, max=MAX_JOBS_PAGE, error=f"limit is 1 to {MAX_JOBS_PAGE}."), metadata={
+        "description": f"Without `ids`: jobs per page (default {DEFAULT_JOBS_PAGE}, at most "
+                       f"{MAX_JOBS_PAGE}). The list keeps the tenant's latest "
+                       f"{RECENT_JOBS_LISTED} jobs."})
+    before = fields.String(validate=validate.Regexp(rf"\A{JOB_ID.pattern}\Z",
+                                                    error="A job id is 32 hexadecimal digits."),
+                           metadata={"description": "Without `ids`: the jobs listed after this "
+                                     "one (older), as `next_before` of the previous page says. "
+                                     "404 if that job is no longer in the list."})
 
 
 class EventTypeSchema(ma.Schema):

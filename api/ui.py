@@ -30,13 +30,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from api.auth import tenant_for
-from api.jobs import accept, results_csv_response
+from api.jobs import accept, job_answer, results_csv_response
 from api.services import services
 from core import keys, metrics
 from core.config import ConfigError, key_digest
 from core.quantiles import histogram_buckets, quantile
 from tasks import episodes, feedback, store, type_settings
-from tasks.documents import iso
 from tasks.models import z_thresholds
 
 log = logging.getLogger(__name__)
@@ -212,6 +211,16 @@ def logout():
 
 # --- the page --------------------------------------------------------------------------------
 
+def human_time(epoch: float | None) -> str | None:
+    """A moment as people read it: "2026-12-02 01:20:03 UTC"."""
+    if epoch is None:
+        return None
+    try:
+        return datetime.fromtimestamp(float(epoch), UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
 def _values_text(values: dict) -> str:
     return ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
                      for k, v in values.items())
@@ -222,7 +231,7 @@ def _flagged_list(rows: list[dict], labels: dict[str, dict]) -> list[dict]:
     listed = []
     for row in reversed(rows[-MAX_FLAGGED_LISTED:]):
         member = f"{row.get('job')}:{row.get('i')}"
-        listed.append({"when": iso(row.get("ts")), "values": _values_text(row.get("v", {})),
+        listed.append({"when": human_time(row.get("ts")), "values": _values_text(row.get("v", {})),
                        "codes": ", ".join(row.get("codes", ())),
                        "fields": ", ".join(row.get("fields", ())),
                        "job": row.get("job"), "index": row.get("i"),
@@ -231,7 +240,8 @@ def _flagged_list(rows: list[dict], labels: dict[str, dict]) -> list[dict]:
 
 
 def _episode_rows(r, tenant: str, event_type: str) -> list[dict]:
-    return [{"id": e["id"], "opened": iso(e["opened_at"]), "closed": iso(e["closed_at"]),
+    return [{"id": e["id"], "opened": human_time(e["opened_at"]),
+             "closed": human_time(e["closed_at"]),
              "count": e["count"], "rule": e["rule"],
              "peak": _values_text({(e.get("peak") or {}).get("field") or "score":
                                    (e.get("peak") or {}).get("value",
@@ -300,10 +310,10 @@ def _job_row(job: dict) -> dict:
     summary = job.get("summary") if isinstance(job.get("summary"), dict) else {}
     job_id = job["job_id"]
     return {"id": job_id, "kind": job.get("kind"), "status": job.get("status"),
-            "event_type": job.get("event_type"), "created_at": iso(job.get("created_at")),
+            "event_type": job.get("event_type"), "created_at": human_time(job.get("created_at")),
             "events": summary.get("events", job.get("total")), "valid": summary.get("valid"),
             "invalid": summary.get("invalid"), "error": job.get("error"),
-            "api_url": f"/v1/jobs/{job_id}", "api_csv_url": f"/v1/jobs/{job_id}/results.csv",
+            "json_url": flask.url_for("ui.job", job_id=job_id),
             "csv_url": flask.url_for("ui.results_csv", job_id=job_id)
             if job.get("status") == store.SUCCEEDED and job.get("kind") == "validate" else None}
 
@@ -320,14 +330,18 @@ def index():
     ranked = sorted(activity, key=lambda t: (-activity[t], t))
     chosen = flask.request.args.get("type", "")
     shown = [chosen] if chosen in activity else ranked[:MAX_TYPES]
-    jobs = [job for job in (store.get_job(r, tenant, job_id)
-                            for job_id in store.recent_job_ids(r, tenant, MAX_JOBS)) if job]
+    chosen = chosen if chosen in activity else ""
+    # With a type chosen, its jobs among every listed one; else the latest of all types.
+    listed = store.recent_job_ids(r, tenant, store.RECENT_JOBS_KEPT if chosen else MAX_JOBS)
+    jobs = [job for job in store.get_jobs(r, tenant, listed or []) if job]
+    if chosen:
+        jobs = [job for job in jobs if job.get("event_type") == chosen][:MAX_JOBS]
     sections = [_type_section(r, tenant, t, accepted.get(t, 0), invalid.get(t, 0), jobs)
                 for t in shown]
     session_login = not flask.request.headers.get("Authorization")
     return flask.render_template(
-        "ui.html", login=False, tenant=tenant, sections=sections, chosen=chosen if chosen in
-        activity else "", choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
+        "ui.html", login=False, tenant=tenant, sections=sections, chosen=chosen,
+        choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
         max_types=MAX_TYPES,
         jobs=[_job_row(job) for job in jobs], band=BAND, flagged_colour=FLAGGED,
         verdict_times=verdict_times(),
@@ -531,6 +545,20 @@ def start_backtest():
 
 
 # --- results as CSV under the session -----------------------------------------------------------
+
+@blp.get("/jobs/<job_id>")
+def job(job_id: str):
+    _require_tenant()
+    # The same document as GET /v1/jobs/<id> (404 for unknown ids and other tenants' jobs),
+    # under the session: the page's links work in a browser, which sends no Bearer header.
+    answer = job_answer(job_id)
+    if isinstance(answer, flask.Response):
+        return answer
+    if isinstance(answer, tuple):
+        body, status, headers = answer
+        return flask.jsonify(body), status, headers
+    return flask.jsonify(answer)
+
 
 @blp.get("/jobs/<job_id>/results.csv")
 def results_csv(job_id: str):

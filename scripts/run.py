@@ -270,6 +270,7 @@ def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
         "Vigil is running",
         f"  API        {api}",
         f"  API docs   {api}/docs",
+        f"  Web page   {api}/ui  (sign in with an API key)",
         f"  Flower     http://127.0.0.1:{flower_port}  (login {flower_auth})",
         f"  Metrics    {api}/metrics  (API and workers; Flower's own at "
         f"http://127.0.0.1:{flower_port}/metrics)",
@@ -319,14 +320,18 @@ def main() -> int:
         stale.unlink()
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
     uwsgi, celery = executable("uwsgi"), executable("celery")
+    # --quiet: no Celery banners (config, queues, task list) before Vigil's own lines. Beat
+    # logs at WARNING: at INFO it says "Sending due task" for every sweep (about 24 lines a
+    # minute while idle); the workers' lines about those sweeps are DEBUG (tasks.observability).
     commands: list[tuple[str, list[str]]] = [
         ("api", uwsgi_command(uwsgi, f"127.0.0.1:{port}")),
-        *((role, [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO", "-E",
+        *((role, [celery, "-A", "tasks.worker", "--quiet", "worker", "--loglevel", "INFO", "-E",
                   "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
-        ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
+        ("beat", [celery, "-A", "tasks.worker", "--quiet", "beat", "--loglevel", "WARNING",
                   "--schedule", str(STATE_DIR / "celerybeat-schedule")]),
         ("flower", [celery, "-A", "tasks.worker", "flower", "--address=127.0.0.1",
-                    f"--port={flower_port}", f"--basic-auth={flower_auth}"]),
+                    f"--port={flower_port}", f"--basic-auth={flower_auth}",
+                    "--logging=warning"]),  # not its 25-line banner (the task list)
     ]
     limit = listen_queue_limit()
     if limit is not None:
@@ -348,6 +353,12 @@ def main() -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if os.geteuid() == 0:
+        # Each worker would print Celery's 8-line SecurityWarning about it: said once here.
+        say("vigil: running as root; the Celery workers would rather not (use a normal user "
+            "for anything but trying Vigil out)", stream=sys.stderr)
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [
+            env.get("PYTHONWARNINGS"), "ignore:You're running the worker with superuser"]))
     sup = Supervisor(env)
     signal.signal(signal.SIGINT, sup.on_signal)
     signal.signal(signal.SIGTERM, sup.on_signal)

@@ -7,12 +7,13 @@ from typing import Any
 import redis
 from celery import shared_task
 
+from core import keys
 from core.config import Settings
 from ml.features import payload_frame
 from ml.stats import column_moments
 from tasks import store, type_settings
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
-from tasks.models import train
+from tasks.models import TRAINING_LOCK_S, train
 from tasks.validate import accepted_rows, values_in_order
 
 # Rows merged per script call: keeps each Redis call short so it never blocks others long.
@@ -23,6 +24,19 @@ def import_history(r: redis.Redis, cfg: Settings, tenant: str,
                    job: dict[str, Any]) -> tuple[dict, None]:
     """Merge every event into the baselines and history unchecked, then train the model."""
     job_id, event_type = job["job_id"], job["event_type"]
+    # Held while importing and training: events judged meanwhile say a model is being
+    # trained (tasks.models.no_model_note), and beat schedules no second training.
+    lock = keys.training_lock(tenant, event_type)
+    locked = r.set(lock, job_id, nx=True, ex=TRAINING_LOCK_S)
+    try:
+        return _import(r, cfg, tenant, job_id, event_type)
+    finally:
+        if locked:
+            r.delete(lock)
+
+
+def _import(r: redis.Redis, cfg: Settings, tenant: str, job_id: str,
+            event_type: str) -> tuple[dict, None]:
     events = sorted(store.get_events(r, tenant, job_id), key=lambda e: e["timestamp"])
     fields: set[str] = set()
     for start in range(0, len(events), CHUNK):

@@ -110,6 +110,21 @@ def outdated_note(shift_at: float, cfg: Settings) -> dict:
                        "the history. Judged by the z-check alone"}
 
 
+def no_model_note(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> dict:
+    """The note of an event judged while its type has no model: one is being trained (a
+    training or history import holds the type's training lock, or the history is long
+    enough: training follows), or how much history one needs."""
+    rows = store.history_count(r, tenant, event_type)
+    if rows >= cfg.model_min_rows or r.exists(keys.training_lock(tenant, event_type)):
+        message = ("no anomaly model for this event type yet: one is being trained on its "
+                   f"history ({rows} events so far) and judges the events sent once it is "
+                   "ready. Judged by the z-check alone")
+    else:
+        message = ("no anomaly model for this event type yet; one is trained once "
+                   f"{cfg.model_min_rows} events of history exist ({rows} so far)")
+    return {"code": "no_model", "message": message}
+
+
 def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
           settings_version: int = 0) -> dict | None:
     """Fit a model on the stored history with the type's settings ``cfg`` (version

@@ -34,11 +34,35 @@ LOGGED_ARGS = ("tenant", "job_id", "event_type")
 _running: dict[str, list[Any]] = {}
 
 
+# Beat's periodic housekeeping, every few seconds even while idle: their trace lines
+# (received, succeeded, and ours when they found nothing to do) are DEBUG, not INFO, so a
+# console or log at INFO shows requests and jobs rather than a sweep every 5 s.
+HOUSEKEEPING_TASKS = frozenset({"vigil.sweep_events", "vigil.send_due_webhooks",
+                                "vigil.retrain_due"})
+_TRACE_LOGGERS = frozenset({"celery.worker.strategy", "celery.app.trace"})
+
+
+class QuietHousekeeping(logging.Filter):
+    """Celery's "received" and "succeeded" INFO lines of HOUSEKEEPING_TASKS, as DEBUG: shown
+    only where the root logger's level is DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or record.name not in _TRACE_LOGGERS:
+            return True
+        data = getattr(record, "data", None)
+        if not isinstance(data, dict) or data.get("name") not in HOUSEKEEPING_TASKS:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
 @setup_logging.connect
 def _setup_logging(loglevel: int | str | None = None, **_: Any) -> None:
     """Connected, so Celery leaves the root logger alone: JSON lines instead of its format.
     VIGIL_LOG_LEVEL wins; without it the level is the worker's --loglevel."""
     logs.configure_logging(None if os.environ.get(logs.LOG_LEVEL_VAR, "").strip() else loglevel)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(QuietHousekeeping())
 
 
 def task_fields(task: Any, args: Any, kwargs: Any) -> dict[str, Any]:
@@ -82,5 +106,10 @@ def _postrun(task_id: str | None = None, task: Any = None, args: Any = None, kwa
         fields["jobs"] = retval  # single-event jobs the drain judged
     if error:
         fields["error"] = error
-    level = logging.WARNING if state == "FAILURE" else logging.INFO
+    if state == "FAILURE":
+        level = logging.WARNING
+    elif name in HOUSEKEEPING_TASKS and not retval:
+        level = logging.DEBUG  # a sweep that found nothing to do
+    else:
+        level = logging.INFO
     log.log(level, "%s %s %s", name, task_id, state, extra=fields)

@@ -162,6 +162,8 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
               "attempts": 0, "created_at": created_at}
     if single:
         fields["single"] = 1
+    if event_type is None and kind == "validate":
+        event_type = shared_event_type(events)
     if event_type:
         fields["event_type"] = event_type
     if callback_url:
@@ -180,6 +182,12 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
     if inbox_length == -1:
         raise OverRateLimit(tenant)
     return job_id, inbox_length
+
+
+def shared_event_type(events: Sequence[Mapping]) -> str | None:
+    """The event type every one of a validate job's events has; None if they differ."""
+    found = {event.get("event_type") for event in events}
+    return found.pop() if len(found) == 1 else None
 
 
 def get_job(r: redis.Redis, tenant: str, job_id: str) -> dict[str, Any] | None:
@@ -264,8 +272,17 @@ def partial_results(r: redis.Redis, tenant: str,
             for job_id, raw in zip(batches, pipe.execute()) if raw}
 
 
-def recent_job_ids(r: redis.Redis, tenant: str, limit: int = 20) -> list[str]:
-    return [j.decode() for j in r.lrange(keys.recent_jobs(tenant), 0, limit - 1)]
+def recent_job_ids(r: redis.Redis, tenant: str, limit: int = 20,
+                   before: str | None = None) -> list[str] | None:
+    """The ids of the tenant's latest jobs, newest first; ``before``: those after that job
+    in the list (older ones), or None if that job is no longer listed."""
+    start = 0
+    if before is not None:
+        position = r.lpos(keys.recent_jobs(tenant), before)
+        if position is None:
+            return None
+        start = position + 1
+    return [j.decode() for j in r.lrange(keys.recent_jobs(tenant), start, start + limit - 1)]
 
 
 # Moves a job to running unless it is finished, cancelled or gone; counts deliveries so a

@@ -27,6 +27,7 @@ from tasks.models import (
     derived_in,
     level_shift_at,
     meta_of,
+    no_model_note,
     outdated,
     outdated_note,
     schedule_training,
@@ -207,7 +208,7 @@ def prepare_model(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     try:
         found = current_model(r, cfg.redis_url, tenant, event_type)
         if found is None:
-            return ModelInput()
+            return ModelInput(note=no_model_note(r, cfg, tenant, event_type))
         version, model = found
         shift_at = level_shift_at(r, tenant, event_type)
         if outdated(meta_of(r, cfg, tenant, event_type, version), shift_at):

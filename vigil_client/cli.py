@@ -1,14 +1,17 @@
 """`vigil`: submit events, import history, follow jobs and read baselines from a terminal.
 
 Exit codes: 0 done; 1 the job failed or was cancelled; 2 bad usage, a bad file or a 4xx
-answer; 3 Vigil unreachable or a 5xx answer; 130 interrupted while waiting.
+answer; 3 Vigil unreachable or a 5xx answer; 130 interrupted while waiting; 141 the output's
+reader closed it (`vigil results JOB | head`), quietly, as Unix tools do.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -586,6 +589,16 @@ def resolve_key(given: str | None) -> str | None:
     return None
 
 
+def output_closed() -> int:
+    """stdout's reader went away (`vigil results JOB | head`): stop quietly, as Unix tools do,
+    with their exit status (128 + SIGPIPE). What is still buffered goes to /dev/null, so the
+    interpreter's flush at exit finds nothing to complain about."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return 128 + signal.SIGPIPE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -594,7 +607,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     try:
         with Client(args.url, resolve_key(args.key)) as client:
-            return args.handler(client, args)
+            code = args.handler(client, args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return code
+    except BrokenPipeError:
+        return output_closed()
     except VigilError as exc:
         print(f"vigil: {exc}", file=sys.stderr)
         return 3 if exc.status == 0 or exc.status >= 500 else 2

@@ -17,7 +17,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -32,6 +32,8 @@ FINISHED = frozenset({"succeeded", "failed", "cancelled"})
 DEFAULT_POLL_S = 1.0
 MAX_POLL_S = 5.0
 MIN_POLL_S = 0.1
+# Job ids per GET /v1/jobs?ids= (the server's limit).
+MAX_IDS_PER_REQUEST = 100
 # Per-field error lines shown in str(VigilError); the rest are counted.
 MAX_ERROR_LINES = 10
 
@@ -257,8 +259,10 @@ class Client:
         """Poll the job until it succeeded, failed or was cancelled; returns its document.
 
         Sleeps between polls as the server's Retry-After says (default 1 s, at most 5 s).
-        ``on_progress`` gets every job document polled, the final one included. Raises
-        TimeoutError if ``timeout`` seconds pass first (the job keeps running).
+        ``on_progress`` gets every job document polled, the final one included, without its
+        ``results`` (status, progress, summary, eta_s: a finished job of 1,000 events would
+        be some 670 KB); the document returned has them. Raises TimeoutError if ``timeout``
+        seconds pass first (the job keeps running).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         path = f"/v1/jobs/{_segment(job_id)}"
@@ -266,7 +270,7 @@ class Client:
             response = self._request("GET", path)
             job = self._body(response)
             if on_progress is not None:
-                on_progress(job)
+                on_progress({k: v for k, v in job.items() if k != "results"})
             if job.get("status") in FINISHED:
                 return job
             delay = retry_after(response.headers.get("Retry-After"))
@@ -287,9 +291,24 @@ class Client:
         """Cancel an unfinished job (409 if it finished); returns its document."""
         return self._json("DELETE", f"/v1/jobs/{_segment(job_id)}")
 
-    def jobs(self) -> list[dict]:
-        """The latest jobs, without their results."""
-        return self._json("GET", "/v1/jobs")["jobs"]
+    def jobs(self, limit: int | None = None, before: str | None = None) -> list[dict]:
+        """The latest jobs, newest first, without their results: ``limit`` of them (the
+        server's default 20, at most 200), those listed after job ``before`` if given (the
+        next page: ``before=jobs[-1]["job_id"]``)."""
+        params = {name: value for name, value in (("limit", limit), ("before", before))
+                  if value is not None}
+        return self._json("GET", "/v1/jobs", params=params)["jobs"]
+
+    def jobs_by_ids(self, job_ids: Sequence[str]) -> list[dict]:
+        """These jobs in this order, each with its results once finished, read 100 per
+        request (GET /v1/jobs?ids=); unknown, expired or other tenants' ids are left out.
+        Polls many single events' verdicts in a few requests."""
+        found: list[dict] = []
+        unique = list(dict.fromkeys(job_ids))
+        for start in range(0, len(unique), MAX_IDS_PER_REQUEST):
+            ids = ",".join(unique[start:start + MAX_IDS_PER_REQUEST])
+            found += self._json("GET", "/v1/jobs", params={"ids": ids})["jobs"]
+        return found
 
     # -- event types -----------------------------------------------------------------------
 

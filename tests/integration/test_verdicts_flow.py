@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 from helpers import problem, wait_for
+
+from core import keys
 
 T0 = 1_790_000_000  # epoch seconds
 
@@ -133,6 +136,43 @@ def test_cold_start_is_said_not_failed(alpha, event_type):
                                        "implied_rate": None}}]
 
 
+def test_no_model_note_says_when_a_model_is_being_trained(alpha, event_type, redis_server,
+                                                          settings):
+    """Before a model exists, the note says whether one is coming: with too little history,
+    how much is needed; while a training (or a history import, which trains) holds the
+    type's training lock, that a model is being trained."""
+    def no_model_message() -> str:
+        [result] = validate(alpha, event_type, {"amount": 5.0})["results"]
+        return {note["code"]: note for note in result["notes"]}["no_model"]["message"]
+
+    message = no_model_message()
+    assert f"trained once {settings.model_min_rows} events of history exist (0 so far)" \
+        in message
+    r = redis_server.client()
+    lock = keys.training_lock("alpha", event_type)
+    r.set(lock, "a training in progress", ex=60)  # as tasks.models.schedule_training does
+    try:
+        message = no_model_message()
+    finally:
+        r.delete(lock)
+    assert "one is being trained on its history (1 events so far)" in message
+    assert "trained once" not in message
+
+
+def test_a_validate_jobs_event_type_is_its_events_when_they_share_one(alpha, event_type):
+    single = alpha.post("/v1/events/validate", json={
+        "event_type": event_type, "payload": {"amount": 1.0}, "timestamp": T0}).json()
+    same = alpha.post("/v1/jobs", json={"events": [
+        {"event_type": event_type, "payload": {"amount": 1.0}, "timestamp": T0 + i}
+        for i in range(3)]}).json()
+    mixed = alpha.post("/v1/jobs", json={"events": [
+        {"event_type": name, "payload": {"amount": 1.0}, "timestamp": T0}
+        for name in (event_type, event_type + "-other")]}).json()
+    assert wait_for(alpha, single["status_url"])["event_type"] == event_type
+    assert wait_for(alpha, same["status_url"])["event_type"] == event_type
+    assert wait_for(alpha, mixed["status_url"])["event_type"] is None
+
+
 def test_batch_job_and_results_csv(alpha, event_type):
     seed(alpha, event_type)
     events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"e{i}",
@@ -152,7 +192,12 @@ def test_batch_job_and_results_csv(alpha, event_type):
     lines = csv.text.strip().splitlines()
     assert lines[0].startswith("index,event_id,event_type,timestamp,valid,anomaly_score")
     assert len(lines) == 22
-    assert lines[-1].startswith(f"20,bad,{event_type}") and ",False," in lines[-1]
+    # As JSON writes them: lowercase booleans; timestamps ISO-8601 UTC, not epoch floats.
+    sent_at = datetime.fromtimestamp(T0, UTC).isoformat().replace("+00:00", "Z")
+    assert lines[-1].startswith(f"20,bad,{event_type},{sent_at},false,")
+    assert lines[1].split(",")[:5] == ["0", "e0", event_type, sent_at, "true" if
+                                       job["results"][0]["valid"] else "false"]
+    assert "True" not in csv.text and "False" not in csv.text
 
 
 def test_csv_history_and_csv_jobs(alpha, event_type):

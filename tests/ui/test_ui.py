@@ -143,20 +143,50 @@ def test_bearer_header_works_without_a_session(api_url, seeded):
 
 def test_results_csv_link_serves_the_api_csv_under_the_session(api_url, seeded):
     with logged_in(api_url, "alpha") as client, client_for(api_url, "alpha") as alpha:
-        page = client.get("/ui").text
+        page = client.get("/ui", params={"type": seeded["event_type"]}).text
         href = f"/ui/jobs/{seeded['job_id']}/results.csv"
         assert f'href="{href}"' in page
-        assert f'href="/v1/jobs/{seeded["job_id"]}"' in page
+        # No link the session does not cover (/v1 wants a Bearer header a browser lacks).
+        assert 'href="/v1/' not in page
+        assert f'href="/ui/jobs/{seeded["job_id"]}"' in page
         csv = client.get(href)
         assert csv.status_code == 200
         assert csv.headers["Content-Type"].startswith("text/csv")
         assert csv.headers["Content-Disposition"] == f'attachment; filename="{seeded["job_id"]}.csv"'
         lines = csv.text.strip().splitlines()
         assert lines[0].startswith("index,event_id,event_type,timestamp,valid,anomaly_score")
-        assert len(lines) == 1 + EXTREMES and all(",False," in line for line in lines[1:])
+        assert len(lines) == 1 + EXTREMES and all(",false," in line for line in lines[1:])
         assert csv.text == alpha.get(f"/v1/jobs/{seeded['job_id']}/results.csv").text
         assert client.get("/ui/jobs/0123456789abcdef0123456789abcdef/results.csv").status_code == 404
         assert client.get("/ui/jobs/not-a-job/results.csv").status_code == 404
+
+
+def test_job_json_under_the_session_and_jobs_of_the_chosen_type(api_url, seeded):
+    other = f"ui-{uuid.uuid4().hex[:10]}"
+    with logged_in(api_url, "alpha") as client, client_for(api_url, "alpha") as alpha:
+        accepted = alpha.post("/v1/events/validate", json={
+            "event_type": other, "timestamp": T0, "payload": {"amount": 1.0}}).json()
+        wait_for(alpha, accepted["status_url"])
+        # The job's JSON link: the document /v1 answers, under the session alone.
+        job = client.get(f"/ui/jobs/{seeded['job_id']}")
+        assert job.status_code == 200 and job.headers["Content-Type"] == "application/json"
+        assert job.json() == alpha.get(f"/v1/jobs/{seeded['job_id']}").json()
+        assert client.get("/ui/jobs/0123456789abcdef0123456789abcdef").status_code == 404
+        with httpx.Client(base_url=api_url, timeout=30) as anonymous:
+            assert anonymous.get(f"/ui/jobs/{seeded['job_id']}").status_code == 401
+
+        # A chosen type lists its own jobs only; timestamps as people read them.
+        page = client.get("/ui", params={"type": seeded["event_type"]}).text
+        jobs = page.split('<section class="jobs">', 1)[1]
+        assert f'data-job-id="{seeded["job_id"]}"' in jobs
+        assert f'data-job-id="{accepted["job_id"]}"' not in jobs
+        assert re.search(r'<td class="muted">\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC</td>', jobs)
+        assert "+00:00" not in page
+        assert "in history (imported + accepted)" in page
+        page = client.get("/ui", params={"type": other}).text
+        jobs = page.split('<section class="jobs">', 1)[1]
+        assert f'data-job-id="{accepted["job_id"]}"' in jobs
+        assert f'data-job-id="{seeded["job_id"]}"' not in jobs
 
 
 def test_other_tenants_see_nothing(api_url, seeded):
