@@ -86,9 +86,10 @@ def test_an_accepted_event_gets_the_same_answer_and_verdict(request, mode, worke
         jobs[name] = verdict(both["flask"], body["status_url"])
     fast, flask = jobs["fast path"], jobs["flask"]
     assert fast["job_id"] != flask["job_id"]
-    for job in (fast, flask):  # timestamps and ids differ; the verdict must not
+    for k, job in enumerate((fast, flask)):  # timestamps, ids, types differ; verdicts must not
+        assert job["event_type"] == job["results"][0]["event_type"] == f"{event_type}-{k}"
         del job["job_id"], job["created_at"], job["started_at"], job["finished_at"]
-        del job["results"][0]["processed_at"], job["results"][0]["event_type"]
+        del job["results"][0]["processed_at"], job["results"][0]["event_type"], job["event_type"]
     assert fast == flask
 
 
