@@ -239,14 +239,19 @@ def _flagged_list(rows: list[dict], labels: dict[str, dict]) -> list[dict]:
     return listed
 
 
+def _peak_text(peak: dict | None) -> str:
+    """An episode's peak in brief: its field's value, or a model-only peak's score."""
+    if not peak:
+        return ""
+    if peak.get("field"):
+        return _values_text({peak["field"]: peak.get("value")})
+    return _values_text({"score": peak.get("score")})
+
+
 def _episode_rows(r, tenant: str, event_type: str) -> list[dict]:
     return [{"id": e["id"], "opened": human_time(e["opened_at"]),
-             "closed": human_time(e["closed_at"]),
-             "count": e["count"], "rule": e["rule"],
-             "peak": _values_text({(e.get("peak") or {}).get("field") or "score":
-                                   (e.get("peak") or {}).get("value",
-                                                             (e.get("peak") or {}).get("score"))})
-             if e.get("peak") else ""}
+             "closed": human_time(e["closed_at"]), "count": e["count"], "rule": e["rule"],
+             "peak": _peak_text(e.get("peak"))}
             for e in episodes.list_episodes(r, tenant, event_type)[:MAX_EPISODES_LISTED]]
 
 
