@@ -73,7 +73,7 @@ def role_of(pid: int, cmd: str) -> str:
         return "run.py"
     if "benchmarks.sync_api" in cmd:
         return "sync api"
-    if "uwsgi" in cmd:
+    if any(server in cmd for server in ("uwsgi", "gunicorn", "granian")):
         return "api"
     if "celery" in cmd:
         for role in ("flower", "beat"):
@@ -127,7 +127,7 @@ def child_env(**overrides: str) -> dict[str, str]:
     development API key), plus overrides."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("VIGIL_") and k not in ("REDIS_URL", "PORT", "FLOWER_PORT",
-                                                         "PROMETHEUS_MULTIPROC_DIR")}
+                                                         "API_SERVER", "PROMETHEUS_MULTIPROC_DIR")}
     env["VIGIL_ENV"] = "development"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"

@@ -32,3 +32,39 @@ def uwsgi_command(uwsgi: str, bind: str, module: str = "api.wsgi:app") -> list[s
     command = [uwsgi, "--ini", str(UWSGI_INI), "--http-socket", bind, "--module", module]
     limit = listen_queue_limit()
     return command if limit is None else [*command, "--listen", str(limit)]
+
+
+# --- other servers, for benchmarks/servers.py (issue 18) -----------------------------------
+
+# uwsgi.ini's settings, restated for the other servers so a comparison is like for like.
+PROCESSES = 2  # uwsgi.ini: processes = 2, one request at a time each (no threads)
+LISTEN = 1024  # uwsgi.ini: listen
+TIMEOUT_S = 30  # uwsgi.ini: harakiri
+SERVERS = ("uwsgi", "gunicorn-sync", "gunicorn-gthread", "granian")
+
+
+def api_command(server: str, bin_dir: Path, bind: str, module: str = "api.wsgi:app") -> list[str]:
+    """`module` served on `bind` by `server` (one of SERVERS) with uwsgi.ini's processes,
+    listen queue and request timeout; the executables are looked up in bin_dir."""
+    host, _, port = bind.rpartition(":")
+    backlog = str(listen_queue_limit() or LISTEN)
+    if server == "uwsgi":
+        return uwsgi_command(str(bin_dir / "uwsgi"), bind, module)
+    if server.startswith("gunicorn-"):
+        worker = server.removeprefix("gunicorn-")
+        return [str(bin_dir / "gunicorn"), "--bind", bind, "--workers", str(PROCESSES),
+                "--worker-class", worker, "--threads", "1", "--backlog", backlog,
+                "--timeout", str(TIMEOUT_S),
+                # The app built once before the fork, as uWSGI does (no lazy-apps).
+                "--preload",
+                # GET /v1/jobs?ids= with 100 ids is a 3.4 KB request line: gunicorn's default
+                # limit is 4,094 bytes, its largest 8,190.
+                "--limit-request-line", "8190",
+                # No access log (the API logs its own JSON line), nothing at INFO (start-up).
+                "--log-level", "warning", "--no-control-socket", module]
+    if server == "granian":
+        return [str(bin_dir / "granian"), "--interface", "wsgi", "--host", host or "127.0.0.1",
+                "--port", port, "--workers", str(PROCESSES), "--blocking-threads", "1",
+                "--runtime-threads", "1", "--backlog", backlog, "--no-access-log",
+                "--log-level", "warning", module]
+    raise ValueError(f"unknown API server {server!r}; one of {', '.join(SERVERS)}")

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
 from core.localredis import free_port, redis_answers, start_redis
-from core.server import listen_queue_limit, uwsgi_command
+from core.server import SERVERS, api_command, listen_queue_limit
 from tasks import WORKER_ARGS
 from tasks.webhook_secrets import bootstrap_allowed
 
@@ -318,9 +318,14 @@ def main() -> int:
     for stale in STATE_DIR.glob("celerybeat-schedule*"):
         stale.unlink()
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
-    uwsgi, celery = executable("uwsgi"), executable("celery")
+    # API_SERVER picks another server for benchmarks/servers.py (core/server.py); uWSGI else.
+    server = os.environ.get("API_SERVER", "").strip() or "uwsgi"
+    if server not in SERVERS:
+        die(f"API_SERVER={server!r} is not one of {', '.join(SERVERS)}")
+    api_bin = Path(executable(server.partition("-")[0])).parent
+    celery = executable("celery")
     commands: list[tuple[str, list[str]]] = [
-        ("api", uwsgi_command(uwsgi, f"127.0.0.1:{port}")),
+        ("api", api_command(server, api_bin, f"127.0.0.1:{port}")),
         *((role, [celery, "-A", "tasks.worker", "worker", "--loglevel", "INFO", "-E",
                   "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
         ("beat", [celery, "-A", "tasks.worker", "beat", "--loglevel", "INFO",
