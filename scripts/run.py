@@ -93,9 +93,14 @@ def port_is_free(port: int) -> bool:
 
 @dataclass
 class Child:
+    """A child whose output is relayed line by line. With ``hold`` set, its lines that are not
+    JSON (a server's start-up banner) are held back until release(): dropped once the stack
+    answers, shown if the child exits before (they say why it failed)."""
     name: str
     proc: subprocess.Popen[str]
+    hold: bool = False
     reader: threading.Thread = field(init=False)
+    held: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.reader = threading.Thread(target=self._pump, name=f"pump-{self.name}", daemon=True)
@@ -105,7 +110,22 @@ class Child:
         assert self.proc.stdout is not None
         prefix = f"[{self.name}]"
         for line in self.proc.stdout:
-            say(f"{prefix} {line.rstrip()}")
+            text = f"{prefix} {line.rstrip()}"
+            with _print_lock:
+                if self.hold and not line.startswith("{"):
+                    self.held.append(text)
+                else:
+                    say(text)
+
+    def release(self, *, show: bool) -> None:
+        if show:
+            self.reader.join(timeout=2)  # the rest of a dead child's output
+        with _print_lock:
+            if show:
+                for text in self.held:
+                    say(text)
+            self.held.clear()
+            self.hold = False
 
 
 class Supervisor:
@@ -125,7 +145,7 @@ class Supervisor:
         say(f"\nvigil: {signal.Signals(signum).name} received, stopping everything...")
 
     def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None,
-              nice: int = 0) -> None:
+              nice: int = 0, hold: bool = False) -> None:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -140,7 +160,7 @@ class Supervisor:
         )
         if nice:
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-        self.children.append(Child(name, proc))
+        self.children.append(Child(name, proc, hold))
 
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.proc.poll() is not None), None)
@@ -368,14 +388,20 @@ def main() -> int:
                 break
             # Beat and Flower yield the CPU to requests as the workers do (tasks/worker.py): under
             # load Flower digests every task event, and shared cores are the API's first.
+            # The API server's start-up lines (uWSGI's banner: some 40) are held back: they
+            # would bury the banner below; shown only if it fails to start.
             sup.spawn(name, cmd, metrics_env if name in with_metrics else None,
-                      nice=settings.worker_nice if name in ("beat", "flower") else 0)
+                      nice=settings.worker_nice if name in ("beat", "flower") else 0,
+                      hold=name == "api")
         if not sup.stopping and wait_ready(sup, port, workers=len(WORKER_ARGS)):
+            for child in sup.children:
+                child.release(show=False)
             say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
                        redis_url=env["REDIS_URL"]))
         while not sup.stopping:
             exited = sup.first_exited()
             if exited is not None:
+                exited.release(show=True)
                 say(f"vigil: {exited.name} exited by itself with "
                     f"{describe_exit(exited.proc.returncode)}; stopping everything",
                     stream=sys.stderr)
