@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
 from core.localredis import free_port, redis_answers, start_redis
-from core.server import SERVERS, api_command, listen_queue_limit
+from core.server import DEFAULT_SERVER, SERVERS, api_command, listen_queue_limit
 from tasks import WORKER_ARGS
 from tasks.webhook_secrets import bootstrap_allowed
 
@@ -177,7 +177,7 @@ class Supervisor:
         for child in alive:
             if child.proc.poll() is None:
                 say(f"vigil: {child.name} did not stop within {STOP_TIMEOUT_S:.0f}s, killing it")
-                # SIGKILL leaves no chance to reap uWSGI/Celery pool processes: kill them too.
+                # SIGKILL leaves no chance to reap server/Celery pool processes: kill them too.
                 for pid in [*_descendants(child.proc.pid), child.proc.pid]:
                     _signal(pid, signal.SIGKILL)
                 child.proc.wait()
@@ -338,8 +338,8 @@ def main() -> int:
     for stale in STATE_DIR.glob("celerybeat-schedule*"):
         stale.unlink()
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
-    # API_SERVER picks another server for benchmarks/servers.py (core/server.py); uWSGI else.
-    server = os.environ.get("API_SERVER", "").strip() or "uwsgi"
+    # API_SERVER picks another server for benchmarks/servers.py (core/server.py).
+    server = os.environ.get("API_SERVER", "").strip() or DEFAULT_SERVER
     if server not in SERVERS:
         die(f"API_SERVER={server!r} is not one of {', '.join(SERVERS)}")
     api_bin = Path(executable(server.partition("-")[0])).parent
@@ -356,14 +356,14 @@ def main() -> int:
     limit = listen_queue_limit()
     if limit is not None:
         say(f"vigil: the kernel allows {limit} waiting connections (net.core.somaxconn), fewer "
-            "than uwsgi.ini's listen queue: the API listens with that, and recovers more slowly "
+            "than the API's listen queue asks for: it gets that, and recovers more slowly "
             "from an overload. To raise it: sudo sysctl -w net.core.somaxconn=1024",
             stream=sys.stderr)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
     PROMETHEUS_DIR.mkdir()
     # The API and the workers share the directory, so the API's /metrics adds up every
-    # uWSGI worker and every Celery pool process; beat and Flower stay out of it.
+    # API worker and every Celery pool process; beat and Flower stay out of it.
     metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(PROMETHEUS_DIR)}
     with_metrics = {"api", *WORKER_ARGS}
 
@@ -388,7 +388,7 @@ def main() -> int:
                 break
             # Beat and Flower yield the CPU to requests as the workers do (tasks/worker.py): under
             # load Flower digests every task event, and shared cores are the API's first.
-            # The API server's start-up lines (uWSGI's banner: some 40) are held back: they
+            # The API server's start-up lines (uWSGI printed some 40) are held back: they
             # would bury the banner below; shown only if it fails to start.
             sup.spawn(name, cmd, metrics_env if name in with_metrics else None,
                       nice=settings.worker_nice if name in ("beat", "flower") else 0,
