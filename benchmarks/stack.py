@@ -1,4 +1,4 @@
-"""The processes a benchmark run starts (Redis servers, Vigil stacks, uWSGI), and their CPU.
+"""The processes a benchmark run starts (Redis servers, Vigil stacks, API servers), and their CPU.
 
 Everything goes through one Processes registry; stop_all() runs in run_all's `finally`, so
 every child is stopped on success, error or Ctrl-C. A Vigil stack is `scripts/run.py` (which
@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from core.localredis import free_port, redis_answers, server_command
-from core.server import uwsgi_command
+from core.server import DEFAULT_SERVER, api_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -212,12 +212,12 @@ class Processes:
         self._wait_ready(started, "/readyz", lambda body: body.get("workers", 0) >= expect_workers)
         return started
 
-    def start_uwsgi(self, name: str, module: str, **env: str) -> Started:
-        """`module` served as Vigil's API is (uwsgi.ini), on a free port."""
+    def start_server(self, name: str, module: str, **env: str) -> Started:
+        """`module` served as Vigil's API is (core.server.DEFAULT_SERVER), on a free port."""
         port = free_port()
-        cmd = uwsgi_command(str(Path(sys.executable).with_name("uwsgi")), f"127.0.0.1:{port}",
-                            module)
-        # SIGINT: uWSGI's immediate stop (SIGTERM lets busy workers finish first).
+        cmd = api_command(DEFAULT_SERVER, Path(sys.executable).parent, f"127.0.0.1:{port}",
+                          module)
+        # SIGINT: an immediate stop (SIGTERM lets busy workers finish first).
         started = self._popen(name, cmd, child_env(**env), own_session=False,
                               url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT)
         self._wait_ready(started, "/healthz", lambda body: True)
