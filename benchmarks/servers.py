@@ -7,8 +7,8 @@ its own Redis on a free port), seeded and warmed up as `make bench` does, then t
 bench's phases with its own functions: single-event events/s (16 concurrent submitters,
 verdicts read back) and submit latency at 500/s while a batch backlog keeps the workers busy.
 Then the API's memory (every process of the server: RSS summed, and PSS, which counts pages
-shared between forked workers once), and the stop: seconds, exit status, and how many lines
-the server printed that are not the API's own JSON log lines.
+shared between forked workers once), the whole stack's stop (seconds, run.py's exit
+status), and how many lines run.py relayed from the API that are not its JSON log lines.
 
 Servers run back to back, the order reversed every other round (a shared 2-core machine: its
 speed drifts); each run is printed, then the median of each server's runs.

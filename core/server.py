@@ -21,8 +21,8 @@ PROCESSES = 2  # worker processes, one request at a time each (uwsgi.ini: proces
 LISTEN = 1024
 TIMEOUT_S = 30  # uWSGI's harakiri, gunicorn's --timeout; granian has no per-request timeout
 # Granian: how long SIGTERM waits for a worker before killing it. Under make run's and Docker's
-# 10 s. A worker still loading the app when SIGTERM comes never stops by itself (measured: about
-# one start in three, stopped at once); every answer of the API takes well under this.
+# 10 s. A worker still loading the app when SIGTERM comes was still running 15 s later in 3 of
+# 7 tries (signalled at the first answer); every answer of the API takes well under this.
 GRANIAN_KILL_TIMEOUT_S = 8
 DEFAULT_SERVER = "granian"
 SERVERS = ("granian", "uwsgi", "gunicorn-sync", "gunicorn-gthread")
