@@ -262,7 +262,7 @@ class Processes:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(sig, signal.SIG_IGN)
-        # Newest first: stacks and uWSGI before the Redis servers they use.
+        # Newest first: stacks and API servers before the Redis servers they use.
         for started in reversed(list(self.started)):
             with contextlib.suppress(Exception):
                 self.stop(started)

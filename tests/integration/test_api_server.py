@@ -86,6 +86,11 @@ def test_sigterm_stops_the_server_and_it_printed_only_json_lines(served, tmp_pat
         assert server.wait(timeout=30) == 0, log.read_text()[-3000:]
     except subprocess.TimeoutExpired:
         raise AssertionError(log.read_text()[-3000:]) from None
-    # No start-up banner or server chatter: only the API's own JSON log lines (if any).
+    # No start-up banner or server chatter: only the API's own JSON log lines (if any). One
+    # known exception: a worker still loading the app when SIGTERM comes, as it may be this
+    # soon after the first answer, is killed after --workers-kill-timeout, and granian says
+    # so (docs/server.md, "The decision").
     lines = log.read_text().splitlines()
-    assert [line for line in lines if not line.startswith("{")] == [], lines[:20]
+    chatter = [line for line in lines
+               if not line.startswith("{") and "after it refused to gracefully stop" not in line]
+    assert chatter == [], lines[:20]
