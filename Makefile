@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval bench fuzz soak clean distclean
+.PHONY: help install run test lint eval bench bench-servers fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -12,6 +12,7 @@ help:
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
+	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
@@ -46,6 +47,9 @@ distclean: clean
 
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
+
+bench-servers: install
+	$(VENV)/bin/python -m benchmarks.servers
 
 fuzz: install
 	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging

@@ -69,7 +69,7 @@ class Metrics(MethodView):
         """Prometheus metrics
 
         With PROMETHEUS_MULTIPROC_DIR set, the sum over every process writing to that directory
-        (all uWSGI workers; the Celery workers too when they share it, as in `make run`).
+        (all API workers; the Celery workers too when they share it, as in `make run`).
         `vigil_queue_depth`, `vigil_queue_oldest_age_seconds` and `vigil_workers_alive` are
         read from Redis at each scrape.
         """

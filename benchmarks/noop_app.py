@@ -1,6 +1,6 @@
 """A WSGI app that does nothing, for the HTTP floor `make bench` prints (run_all.bench_http_floor).
 
-Served as Vigil's API is (uwsgi.ini) and driven by the same client as the single-event phases,
+Served as Vigil's API is (core/server.py) and driven by the same client as the single-event phases,
 it measures what one exchange costs before any design does anything with the event.
 """
 

@@ -7,8 +7,8 @@
    and its submit latency at a fixed offered rate while a batch backlog keeps the workers busy;
    the batch path for event types with 10^3, 10^5 and 10^7 events of history.
 2. Reference (a): the same stack with VIGIL_MICRO_BATCH=off (a task per single event).
-3. Reference (b): benchmarks/sync_api.py under uWSGI (checks in the request handler).
-4. The HTTP floor: benchmarks/noop_app.py under uWSGI, driven as (b) is: what one submit costs
+3. Reference (b): benchmarks/sync_api.py served as the API is (checks in the request handler).
+4. The HTTP floor: benchmarks/noop_app.py served as the API is, driven as (b) is: what one submit costs
    the load generator and the server before any design does anything with the event.
 
 Prints one table (and where the CPU went). Figures only: nothing is asserted, and the
@@ -44,6 +44,7 @@ from core import keys
 from core.config import DEV_TENANT, Settings
 from core.localredis import AOF_REWRITE_MIN_SIZE
 from core.quantiles import Buckets, difference, histogram_buckets, quantile
+from core.server import DEFAULT_SERVER
 from ml.stats import Moments
 from tasks import WORKER_ARGS, store
 
@@ -323,8 +324,8 @@ def bench_reference_b(procs: Processes, scale: float, results: dict) -> None:
     job_id = store.create_job(r, cfg, DEV_TENANT, kind="history", events=load.history(HISTORY_ROWS),
                               event_type=MAIN_TYPE)
     import_in_process(r, cfg, DEV_TENANT, {"job_id": job_id, "event_type": MAIN_TYPE})
-    log("starting reference (b): benchmarks.sync_api under uWSGI as Vigil's API (uwsgi.ini)")
-    server = procs.start_uwsgi("(b)", "benchmarks.sync_api:create_app()", REDIS_URL=redis_url)
+    log(f"starting reference (b): benchmarks.sync_api under {DEFAULT_SERVER} as Vigil's API")
+    server = procs.start_server("(b)", "benchmarks.sync_api:create_app()", REDIS_URL=redis_url)
     run(load.sync_stream(server.url, singles, SECONDS["warmup"] * scale))
     log("3b. single events")
     results["b_single"] = measured("(b) single", lambda: run(
@@ -347,8 +348,8 @@ def bench_http_floor(procs: Processes, scale: float, results: dict) -> None:
     (benchmarks/noop_app.py) served as Vigil's API is and driven as (b) is, on an otherwise
     idle machine: CPU per request (closed loop) and latency (open loop)."""
     singles = load.event_bodies(MAIN_TYPE, 5000)
-    log("HTTP floor: benchmarks.noop_app under uWSGI as Vigil's API (uwsgi.ini)")
-    server = procs.start_uwsgi("HTTP floor", "benchmarks.noop_app:app")
+    log(f"HTTP floor: benchmarks.noop_app under {DEFAULT_SERVER} as Vigil's API")
+    server = procs.start_server("HTTP floor", "benchmarks.noop_app:app")
     run(load.sync_stream(server.url, singles, SECONDS["warmup"] * scale))
     results["floor_single"] = measured("HTTP floor", lambda: run(
         load.sync_stream(server.url, singles, SECONDS["floor"] * scale)))
@@ -423,7 +424,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
             f", phases x{scale}" if scale != 1 else ""))
     add(f"machine: {header}")
     add("Vigil: defaults (VIGIL_* unset, dev API key) but VIGIL_RATE_LIMIT=0, scripts/run.py: API "
-        "uWSGI 2 processes, 'worker' 2 processes,")
+        f"{DEFAULT_SERVER} 2 processes, 'worker' 2 processes,")
     add("  'events' 1 process (drains the single-event inbox), beat, Flower; each system its own Redis "
         f"(AOF everysec, rewritten past {AOF_REWRITE_MIN_SIZE})")
     add("  on this machine; load generator on the same cores: one asyncio process (a minimal HTTP/1.1 "
@@ -474,7 +475,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         "and while another")
     add("   process has the same jobs judged in (b)'s handler, two at a time ((b) has no workers: its "
         "batch work is requests).")
-    add("   HTTP floor: benchmarks/noop_app.py (reads the body, answers a fixed verdict) under uwsgi.ini, "
+    add("   HTTP floor: benchmarks/noop_app.py (reads the body, answers a fixed verdict) served as the API, "
         "driven as (b) is,")
     add("   nothing else running: what any design's submit costs and takes before it does anything "
         "with the event.")
@@ -533,7 +534,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         per = {column: cpu_ms_per_event(floor, COLUMNS[column]) for column in ("client", "api")}
         add(f"   {'CPU per request of the HTTP floor (no-op app)':56}"
             f"{per['client'] + per['api']:>9.2f} ms   load generator {per['client']:.2f}, "
-            f"uWSGI {per['api']:.2f}")
+            f"{DEFAULT_SERVER} {per['api']:.2f}")
     add(f"   {f'Vigil submit p99 at {RATE}/s':56}{ms(v_p99):>12}   {'<= 10 ms':>10}  "
         f"{met(v_p99 * 1000 <= GOALS['p99_ms'] if v_p99 == v_p99 else None)}")
     # Like for like: both while batch checks go on (Vigil's in its workers, (b)'s in its

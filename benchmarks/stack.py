@@ -1,4 +1,4 @@
-"""The processes a benchmark run starts (Redis servers, Vigil stacks, uWSGI), and their CPU.
+"""The processes a benchmark run starts (Redis servers, Vigil stacks, API servers), and their CPU.
 
 Everything goes through one Processes registry; stop_all() runs in run_all's `finally`, so
 every child is stopped on success, error or Ctrl-C. A Vigil stack is `scripts/run.py` (which
@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from core.localredis import free_port, redis_answers, server_command
-from core.server import uwsgi_command
+from core.server import DEFAULT_SERVER, api_command
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -73,7 +73,7 @@ def role_of(pid: int, cmd: str) -> str:
         return "run.py"
     if "benchmarks.sync_api" in cmd:
         return "sync api"
-    if "uwsgi" in cmd:
+    if any(server in cmd for server in ("uwsgi", "gunicorn", "granian")):
         return "api"
     if "celery" in cmd:
         for role in ("flower", "beat"):
@@ -127,7 +127,7 @@ def child_env(**overrides: str) -> dict[str, str]:
     development API key), plus overrides."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("VIGIL_") and k not in ("REDIS_URL", "PORT", "FLOWER_PORT",
-                                                         "PROMETHEUS_MULTIPROC_DIR")}
+                                                         "API_SERVER", "PROMETHEUS_MULTIPROC_DIR")}
     env["VIGIL_ENV"] = "development"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
@@ -212,12 +212,12 @@ class Processes:
         self._wait_ready(started, "/readyz", lambda body: body.get("workers", 0) >= expect_workers)
         return started
 
-    def start_uwsgi(self, name: str, module: str, **env: str) -> Started:
-        """`module` served as Vigil's API is (uwsgi.ini), on a free port."""
+    def start_server(self, name: str, module: str, **env: str) -> Started:
+        """`module` served as Vigil's API is (core.server.DEFAULT_SERVER), on a free port."""
         port = free_port()
-        cmd = uwsgi_command(str(Path(sys.executable).with_name("uwsgi")), f"127.0.0.1:{port}",
-                            module)
-        # SIGINT: uWSGI's immediate stop (SIGTERM lets busy workers finish first).
+        cmd = api_command(DEFAULT_SERVER, Path(sys.executable).parent, f"127.0.0.1:{port}",
+                          module)
+        # SIGINT: an immediate stop (SIGTERM lets busy workers finish first).
         started = self._popen(name, cmd, child_env(**env), own_session=False,
                               url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT)
         self._wait_ready(started, "/healthz", lambda body: True)
@@ -262,7 +262,7 @@ class Processes:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(ValueError):  # not the main thread
                 signal.signal(sig, signal.SIG_IGN)
-        # Newest first: stacks and uWSGI before the Redis servers they use.
+        # Newest first: stacks and API servers before the Redis servers they use.
         for started in reversed(list(self.started)):
             with contextlib.suppress(Exception):
                 self.stop(started)

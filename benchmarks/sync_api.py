@@ -1,9 +1,9 @@
 """Reference design (b): the checks inside the request handler (the classic synchronous API).
 
-A minimal Flask app for `make bench` only, served as Vigil's API is (uWSGI, uwsgi.ini):
+A minimal Flask app for `make bench` only, served as Vigil's API is (core/server.py):
 
-    REDIS_URL=redis://... uwsgi --ini uwsgi.ini --http-socket :8000 \
-        --module 'benchmarks.sync_api:create_app()'
+    REDIS_URL=redis://... granian --interface wsgi --workers 2 --blocking-threads 1 \
+        --port 8000 --factory benchmarks.sync_api:create_app
 
 POST /v1/events/validate authenticates like Vigil (Bearer key), parses the event with
 Vigil's own marshmallow EventSchema, judges it with Vigil's own tasks.validate.judge_chunk

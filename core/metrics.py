@@ -2,7 +2,7 @@
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (``make run``, docker compose), prometheus_client keeps
 each process's values in files in that directory and ``/metrics`` adds them up, so the numbers
-cover every uWSGI worker and, when they share the directory, every Celery pool process.
+cover every API worker and, when they share the directory, every Celery pool process.
 The directory must be empty when the first process starts (``scripts/run.py`` makes it so);
 prometheus_client decides whether it is in multiprocess mode when it is first imported, so the
 variable must be in the environment before that.

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.config import DEV_API_KEY, DEV_WEBHOOK_SECRET, ConfigError, Settings
 from core.localredis import free_port, redis_answers, start_redis
-from core.server import listen_queue_limit, uwsgi_command
+from core.server import DEFAULT_SERVER, SERVERS, api_command, listen_queue_limit
 from tasks import WORKER_ARGS
 from tasks.webhook_secrets import bootstrap_allowed
 
@@ -93,9 +93,14 @@ def port_is_free(port: int) -> bool:
 
 @dataclass
 class Child:
+    """A child whose output is relayed line by line. With ``hold`` set, its lines that are not
+    JSON (a server's start-up banner) are held back until release(): dropped once the stack
+    answers, shown if the child exits before (they say why it failed)."""
     name: str
     proc: subprocess.Popen[str]
+    hold: bool = False
     reader: threading.Thread = field(init=False)
+    held: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.reader = threading.Thread(target=self._pump, name=f"pump-{self.name}", daemon=True)
@@ -105,7 +110,22 @@ class Child:
         assert self.proc.stdout is not None
         prefix = f"[{self.name}]"
         for line in self.proc.stdout:
-            say(f"{prefix} {line.rstrip()}")
+            text = f"{prefix} {line.rstrip()}"
+            with _print_lock:
+                if self.hold and not line.startswith("{"):
+                    self.held.append(text)
+                else:
+                    say(text)
+
+    def release(self, *, show: bool) -> None:
+        if show:
+            self.reader.join(timeout=2)  # the rest of a dead child's output
+        with _print_lock:
+            if show:
+                for text in self.held:
+                    say(text)
+            self.held.clear()
+            self.hold = False
 
 
 class Supervisor:
@@ -125,7 +145,7 @@ class Supervisor:
         say(f"\nvigil: {signal.Signals(signum).name} received, stopping everything...")
 
     def spawn(self, name: str, cmd: list[str], extra_env: dict[str, str] | None = None,
-              nice: int = 0) -> None:
+              nice: int = 0, hold: bool = False) -> None:
         proc = subprocess.Popen(
             cmd,
             cwd=ROOT,
@@ -140,7 +160,7 @@ class Supervisor:
         )
         if nice:
             os.setpriority(os.PRIO_PROCESS, proc.pid, nice)
-        self.children.append(Child(name, proc))
+        self.children.append(Child(name, proc, hold))
 
     def first_exited(self) -> Child | None:
         return next((c for c in self.children if c.proc.poll() is not None), None)
@@ -157,7 +177,7 @@ class Supervisor:
         for child in alive:
             if child.proc.poll() is None:
                 say(f"vigil: {child.name} did not stop within {STOP_TIMEOUT_S:.0f}s, killing it")
-                # SIGKILL leaves no chance to reap uWSGI/Celery pool processes: kill them too.
+                # SIGKILL leaves no chance to reap server/Celery pool processes: kill them too.
                 for pid in [*_descendants(child.proc.pid), child.proc.pid]:
                     _signal(pid, signal.SIGKILL)
                 child.proc.wait()
@@ -319,12 +339,17 @@ def main() -> int:
     for stale in STATE_DIR.glob("celerybeat-schedule*"):
         stale.unlink()
     # Resolve every executable before starting anything, so a missing one leaves nothing behind.
-    uwsgi, celery = executable("uwsgi"), executable("celery")
+    # API_SERVER picks another server for benchmarks/servers.py (core/server.py).
+    server = os.environ.get("API_SERVER", "").strip() or DEFAULT_SERVER
+    if server not in SERVERS:
+        die(f"API_SERVER={server!r} is not one of {', '.join(SERVERS)}")
+    api_bin = Path(executable(server.partition("-")[0])).parent
+    celery = executable("celery")
     # --quiet: no Celery banners (config, queues, task list) before Vigil's own lines. Beat
     # logs at WARNING: at INFO it says "Sending due task" for every sweep (about 24 lines a
     # minute while idle); the workers' lines about those sweeps are DEBUG (tasks.observability).
     commands: list[tuple[str, list[str]]] = [
-        ("api", uwsgi_command(uwsgi, f"127.0.0.1:{port}")),
+        ("api", api_command(server, api_bin, f"127.0.0.1:{port}")),
         *((role, [celery, "-A", "tasks.worker", "--quiet", "worker", "--loglevel", "INFO", "-E",
                   "--hostname", f"{role}@%h", *args]) for role, args in WORKER_ARGS.items()),
         ("beat", [celery, "-A", "tasks.worker", "--quiet", "beat", "--loglevel", "WARNING",
@@ -336,14 +361,14 @@ def main() -> int:
     limit = listen_queue_limit()
     if limit is not None:
         say(f"vigil: the kernel allows {limit} waiting connections (net.core.somaxconn), fewer "
-            "than uwsgi.ini's listen queue: the API listens with that, and recovers more slowly "
+            "than the API's listen queue asks for: it gets that, and recovers more slowly "
             "from an overload. To raise it: sudo sysctl -w net.core.somaxconn=1024",
             stream=sys.stderr)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(PROMETHEUS_DIR, ignore_errors=True)
     PROMETHEUS_DIR.mkdir()
     # The API and the workers share the directory, so the API's /metrics adds up every
-    # uWSGI worker and every Celery pool process; beat and Flower stay out of it.
+    # API worker and every Celery pool process; beat and Flower stay out of it.
     metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(PROMETHEUS_DIR)}
     with_metrics = {"api", *WORKER_ARGS}
 
@@ -374,14 +399,20 @@ def main() -> int:
                 break
             # Beat and Flower yield the CPU to requests as the workers do (tasks/worker.py): under
             # load Flower digests every task event, and shared cores are the API's first.
+            # The API server's start-up lines (uWSGI printed some 40) are held back: they
+            # would bury the banner below; shown only if it fails to start.
             sup.spawn(name, cmd, metrics_env if name in with_metrics else None,
-                      nice=settings.worker_nice if name in ("beat", "flower") else 0)
+                      nice=settings.worker_nice if name in ("beat", "flower") else 0,
+                      hold=name == "api")
         if not sup.stopping and wait_ready(sup, port, workers=len(WORKER_ARGS)):
+            for child in sup.children:
+                child.release(show=False)
             say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
                        redis_url=env["REDIS_URL"]))
         while not sup.stopping:
             exited = sup.first_exited()
             if exited is not None:
+                exited.release(show=True)
                 say(f"vigil: {exited.name} exited by itself with "
                     f"{describe_exit(exited.proc.returncode)}; stopping everything",
                     stream=sys.stderr)

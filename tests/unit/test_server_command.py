@@ -1,27 +1,48 @@
-"""The API's uWSGI command: uwsgi.ini as it is, unless the kernel allows a shorter listen
-queue than it asks for, where uWSGI would refuse to start (no server needed)."""
+"""The API server's command (core/server.py): granian as the Docker image runs it; the listen
+queue lowered only where the kernel allows fewer; uWSGI's for the comparison (no server run)."""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 from core import server
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_listen_queue_is_lowered_only_where_the_kernel_allows_fewer(tmp_path):
-    ini = tmp_path / "uwsgi.ini"
-    ini.write_text("[uwsgi]\n; listen = 5 (a comment)\nlisten = 1024\n")
     for allowed, expected in ((128, 128), (1024, None), (4096, None)):
         somaxconn = tmp_path / f"somaxconn-{allowed}"
         somaxconn.write_text(f"{allowed}\n")
-        assert server.listen_queue_limit(ini, somaxconn) == expected
-        # The project's own uwsgi.ini asks for 1,024 too.
-        assert server.listen_queue_limit(server.UWSGI_INI, somaxconn) == expected
-    assert server.listen_queue_limit(ini, tmp_path / "absent") is None  # not Linux
-    bare = tmp_path / "bare.ini"
-    bare.write_text("[uwsgi]\nprocesses = 2\n")
-    assert server.listen_queue_limit(bare, tmp_path / "somaxconn-128") is None
+        assert server.listen_queue_limit(1024, somaxconn) == expected
+    assert server.listen_queue_limit(1024, tmp_path / "absent") is None  # not Linux
 
 
-def test_the_command_serves_uwsgi_ini_and_overrides_its_queue_after_it(monkeypatch):
+def test_the_docker_image_runs_the_default_command(monkeypatch):
+    monkeypatch.setattr(server, "listen_queue_limit", lambda: None)
+    cmd = re.search(r"^CMD (\[.*?\])$", (ROOT / "Dockerfile").read_text().replace("\\\n", ""),
+                    re.MULTILINE | re.DOTALL)
+    assert cmd, "no exec-form CMD in the Dockerfile"
+    expected = server.api_command(server.DEFAULT_SERVER, Path("/x"), "0.0.0.0:8000")
+    assert json.loads(cmd[1]) == [Path(expected[0]).name, *expected[1:]]
+
+
+def test_granian_serves_the_api_quietly_with_the_kernels_queue(monkeypatch):
+    monkeypatch.setattr(server, "listen_queue_limit", lambda: 128)
+    cmd = server.api_command("granian", Path("/venv/bin"), "127.0.0.1:8000")
+    assert cmd[:7] == ["/venv/bin/granian", "--interface", "wsgi", "--host", "127.0.0.1",
+                       "--port", "8000"]
+    assert cmd[cmd.index("--backlog") + 1] == "128"
+    assert cmd[cmd.index("--log-level") + 1] == "warning" and "--no-access-log" in cmd
+    assert cmd[-1] == "api.wsgi:app"
+    # uWSGI's spelling of an app factory, as make bench's reference (b) is named.
+    assert server.api_command("granian", Path("/b"), ":1", "m:make()")[-2:] == ["--factory",
+                                                                               "m:make"]
+
+
+def test_the_uwsgi_command_serves_its_ini_and_overrides_its_queue_after_it(monkeypatch):
     monkeypatch.setattr(server, "listen_queue_limit", lambda: None)
     assert server.uwsgi_command("/venv/bin/uwsgi", "127.0.0.1:8000") == [
         "/venv/bin/uwsgi", "--ini", str(server.UWSGI_INI), "--http-socket", "127.0.0.1:8000",
@@ -30,3 +51,10 @@ def test_the_command_serves_uwsgi_ini_and_overrides_its_queue_after_it(monkeypat
     # After --ini: uWSGI takes the last value given.
     assert server.uwsgi_command("uwsgi", ":1", "m:app")[-4:] == ["--module", "m:app",
                                                                  "--listen", "128"]
+    # The ini asks for the same queue as the other servers get.
+    assert re.search(rf"^listen = {server.LISTEN}$", server.UWSGI_INI.read_text(), re.MULTILINE)
+
+
+def test_every_server_has_a_command():
+    for name in server.SERVERS:
+        assert server.api_command(name, Path("/b"), "127.0.0.1:1")[0].startswith("/b/")
