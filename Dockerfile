@@ -22,8 +22,5 @@ USER vigil
 
 EXPOSE 8000
 
-# The API: core/server.py's command for granian (tests/unit/test_server_command.py checks they agree).
-CMD ["granian", "--interface", "wsgi", "--host", "0.0.0.0", "--port", "8000", "--workers", "2", \
-     "--blocking-threads", "1", "--runtime-threads", "1", "--backlog", "1024", \
-     "--respawn-failed-workers", "--workers-kill-timeout", "8", "--no-access-log", \
-     "--log-level", "warning", "api.wsgi:app"]
+# The API: core/server.py's command for uWSGI (tests/unit/test_server_command.py checks they agree).
+CMD ["uwsgi", "--ini", "uwsgi.ini", "--http-socket", "0.0.0.0:8000", "--module", "api.wsgi:app"]

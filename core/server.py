@@ -1,9 +1,9 @@
 """The API server's command line, as `make run`, `make bench` and the tests start it (the
 Docker image's CMD spells out the same, and compose raises the kernel's limit for it).
 
-Granian (WSGI interface) serves the API: docs/server.md has the measurements and the reasons.
-uWSGI (benchmarks/uwsgi.ini) and gunicorn (sync and gthread workers) remain here only for
-`make bench-servers`, which compares them under the same settings.
+uWSGI (uwsgi.ini) serves the API: docs/server.md has the measurements and the reasons.
+granian (WSGI interface; `API_SERVER=granian make run`) and gunicorn (sync and gthread
+workers) are here for `make bench-servers`, which compares them under the same settings.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-UWSGI_INI = ROOT / "benchmarks" / "uwsgi.ini"
+UWSGI_INI = ROOT / "uwsgi.ini"
 SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 # One set of settings for every server, so the comparison is like for like.
@@ -24,7 +24,7 @@ TIMEOUT_S = 30  # uWSGI's harakiri, gunicorn's --timeout; granian has no per-req
 # 10 s. A worker still loading the app when SIGTERM comes was still running 15 s later in 3 of
 # 7 tries (signalled at the first answer); every answer of the API takes well under this.
 GRANIAN_KILL_TIMEOUT_S = 8
-DEFAULT_SERVER = "granian"
+DEFAULT_SERVER = "uwsgi"
 SERVERS = ("granian", "uwsgi", "gunicorn-sync", "gunicorn-gthread")
 
 
@@ -42,7 +42,7 @@ def listen_queue_limit(wanted: int = LISTEN, somaxconn: Path = SOMAXCONN) -> int
 
 
 def uwsgi_command(uwsgi: str, bind: str, module: str = "api.wsgi:app") -> list[str]:
-    """uWSGI serving `module` over HTTP on `bind` with benchmarks/uwsgi.ini, its listen queue
+    """uWSGI serving `module` over HTTP on `bind` with uwsgi.ini, its listen queue
     lowered to the kernel's limit where that is lower (a later option overrides the ini's)."""
     command = [uwsgi, "--ini", str(UWSGI_INI), "--http-socket", bind, "--module", module]
     limit = listen_queue_limit()
