@@ -9,12 +9,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import numpy as np
 import pytest
 from helpers import KEYS, problem, wait_for, webhook_secret
+from receivers import Receiver
 from standardwebhooks import Webhook
 from werkzeug.serving import make_server
 
@@ -28,33 +28,15 @@ DAY = 86_400
 QUIET = 10  # VIGIL_EPISODE_QUIET's default; the test environment does not set it
 
 
-class Receiver:
-    """A local HTTP server keeping every POST (headers, body); answers 204."""
-
-    def __init__(self):
-        self.received: list[tuple[dict[str, str], bytes]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.received.append((dict(self.headers), body))
-                self.send_response(204)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/episodes"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+class EpisodeDeliveries(Receiver):
+    """The webhook receiver, told apart by episode (other tests of the tenant may flag events
+    too)."""
 
     def of(self, episode_ids: set[str]) -> list[tuple[dict[str, str], bytes]]:
-        """Deliveries about these episodes (other tests of the tenant may flag events too)."""
+        """Deliveries about these episodes."""
         return [(h, b) for h, b in self.received if json.loads(b)["data"]["id"] in episode_ids]
 
-    def wait(self, episode_ids: set[str], count: int, timeout_s: float = 30) -> list:
+    def wait_episodes(self, episode_ids: set[str], count: int, timeout_s: float = 30) -> list:
         deadline = time.monotonic() + timeout_s
         while len(self.of(episode_ids)) < count and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -64,8 +46,8 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    receiver = Receiver()
+def receiver() -> Iterator[EpisodeDeliveries]:
+    receiver = EpisodeDeliveries()
     yield receiver
     receiver.server.shutdown()
 
@@ -165,7 +147,7 @@ def test_bursts_are_episodes_listed_named_and_announced(alpha, beta, event_type,
         "episodes": []}
 
     # One delivery per transition, in order, each verified with alpha's own secret.
-    delivered = receiver.wait({e1, e2}, 4)
+    delivered = receiver.wait_episodes({e1, e2}, 4)
     time.sleep(0.5)
     assert len(receiver.of({e1, e2})) == 4  # once each, not once per flagged event
     bodies = [Webhook(episode_hook).verify(body, headers) | {"_id": headers["webhook-id"]}

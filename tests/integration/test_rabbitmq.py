@@ -6,7 +6,6 @@ rabbitmqctl, deleted after), since a queue cannot change its type in place."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import shutil
 import socket
@@ -17,6 +16,7 @@ from dataclasses import replace
 
 import pytest
 from helpers import client_for, wait_for, wait_until
+from receivers import Receiver
 from werkzeug.serving import make_server
 from workers import Worker
 
@@ -107,25 +107,10 @@ def test_jobs_and_single_events_flow_through_rabbitmq(amqp_stack, event_type):
         assert client.get("/readyz").json()["workers"] >= 2
 
 
-class FailsOnce(http.server.BaseHTTPRequestHandler):
-    """A webhook receiver answering 503 to the first delivery and 204 after."""
-    calls: list[int] = []
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers["Content-Length"]))
-        FailsOnce.calls.append(1)
-        self.send_response(503 if len(FailsOnce.calls) == 1 else 204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
 def test_quorum_queues_carry_jobs_events_and_a_delayed_webhook_retry(quorum_stack, quorum_vhost,
                                                                    event_type):
-    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), FailsOnce)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    receiver = Receiver()
+    receiver.statuses = [503]  # the first delivery fails
     try:
         with client_for(quorum_stack, "alpha") as client:
             assert client.post("/v1/webhooks/secret").status_code == 201
@@ -143,7 +128,7 @@ def test_quorum_queues_carry_jobs_events_and_a_delayed_webhook_retry(quorum_stac
             batch = client.post("/v1/jobs", json={
                 "events": [{"event_type": event_type, "timestamp": 1_790_000_200,
                             "payload": {"x": 3.0}}],
-                "callback_url": f"http://127.0.0.1:{receiver.server_port}/hook"})
+                "callback_url": receiver.url})
             done = wait_for(client, batch.json()["status_url"])
             assert done["status"] == "succeeded"
 
@@ -154,7 +139,7 @@ def test_quorum_queues_carry_jobs_events_and_a_delayed_webhook_retry(quorum_stac
             webhook = wait_until(delivered, timeout_s=60)
             assert webhook and webhook["attempts"] == 2, webhook
     finally:
-        receiver.shutdown()
+        receiver.server.shutdown()
     queues = dict(line.split("\t") for line in rabbitmqctl(
         "list_queues", "-p", quorum_vhost, "name", "type").strip().splitlines()[1:])
     assert {queues[name] for name in ("celery", "events", "webhooks")} == {"quorum"}, queues
