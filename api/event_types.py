@@ -133,10 +133,11 @@ class Episodes(MethodView):
                                                    open_only=query["open"])}
 
 
-def settings_document(event_type: str) -> dict:
+def settings_document(event_type: str, found: type_settings.TypeSettings | None = None) -> dict:
+    """The type's settings as GET and PUT answer them (``found``: as just read or saved)."""
     svc, tenant = services(), flask.g.tenant
-    found = type_settings.load(svc.redis, tenant, event_type)
-    typed, _ = type_settings.effective(svc.redis, svc.settings, tenant, event_type)
+    found = found or type_settings.load(svc.redis, tenant, event_type)
+    typed, _ = type_settings.applied(svc.settings, found, tenant, event_type)
     return {"event_type": event_type, "version": found.version,
             "updated_at": iso(found.updated_at), "settings": typed.type_defaults(),
             "overrides": found.overrides, "defaults": svc.settings.type_defaults(),
@@ -182,7 +183,7 @@ class TypeSettings(MethodView):
                 svc.redis, tenant, event_type) >= svc.settings.model_min_rows:
             # Thresholds are calibrated when a model is trained: with the new settings now.
             schedule_training(svc.redis, svc.settings, tenant, event_type)
-        return settings_document(event_type)
+        return settings_document(event_type, saved)
 
 
 def has_history(event_type: str, needed: int) -> None:

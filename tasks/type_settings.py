@@ -40,7 +40,12 @@ def effective(r: redis.Redis, cfg: Settings, tenant: str, event_type: str
     """The settings the type is judged with, and their version. Overrides were checked when
     they were set; should the environment have changed since so that they no longer hold
     together, the environment's settings judge (version 0), with a warning in the log."""
-    found = load(r, tenant, event_type)
+    return applied(cfg, load(r, tenant, event_type), tenant, event_type)
+
+
+def applied(cfg: Settings, found: TypeSettings, tenant: str, event_type: str
+            ) -> tuple[Settings, int]:
+    """``cfg`` with the type's overrides ``found`` (as effective() reads them)."""
     try:
         return cfg.for_type(found.overrides), found.version
     except ConfigError:
