@@ -125,25 +125,30 @@ def evidence(verdict: dict) -> dict:
             "warnings": [{k: w[k] for k in keep if k in w} for w in verdict["warnings"]]}
 
 
+def baselines(r: redis.Redis, tenant: str, event_type: str, fields: Sequence[str]
+              ) -> tuple[dict[str, Moments], dict[str, Moments]]:
+    """Today's all-time and recent baselines of these fields."""
+    return (store.load_baseline(r, tenant, event_type, fields),
+            store.load_recent(r, tenant, event_type, fields))
+
+
 def today(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
           fields: Sequence[str]) -> Judging:
     """What judges a new event of the type now: its settings, baselines, model, thresholds."""
     found = current_model(r, cfg.redis_url, tenant, event_type)
     version, model = found if found else (None, None)
-    return Judging(cfg, store.load_baseline(r, tenant, event_type, fields),
-                   store.load_recent(r, tenant, event_type, fields), model, version,
+    return Judging(cfg, *baselines(r, tenant, event_type, fields), model, version,
                    calibrated_thresholds(r, cfg, tenant, event_type, version))
 
 
-def fitted(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
-           fields: Sequence[str], history: list[dict]) -> Judging:
-    """What would judge with settings ``cfg``: today's baselines, and a model and thresholds
-    fitted on the history as training would fit them."""
+def fitted(cfg: Settings, history: list[dict], baseline: dict[str, Moments],
+           recent: dict[str, Moments]) -> Judging:
+    """What would judge with settings ``cfg``: these (today's) baselines, and a model and
+    thresholds fitted on the history as training would fit them."""
     made = fit(cfg, history) if len(history) >= cfg.model_min_rows else None
     model, meta = made if made else (None, {})
     thresholds = {f: float(c["threshold"]) for f, c in meta.get("z_thresholds", {}).items()}
-    return Judging(cfg, store.load_baseline(r, tenant, event_type, fields),
-                   store.load_recent(r, tenant, event_type, fields), model, None,
+    return Judging(cfg, baseline, recent, model, None,
                    {} if cfg.z_threshold is not None else thresholds)
 
 
@@ -198,8 +203,9 @@ def backtest(r: redis.Redis, cfg: Settings, tenant: str,
     events = stored_events(r, tenant, event_type, *_range(job))
     if not events:
         raise JobError(f"No stored events of {event_type!r} in that range.")
-    fields = _fields(events)
-    sides = {name: judge(events, fitted(r, s, tenant, event_type, fields, history))
+    # One read of the baselines for both sides.
+    baseline, recent = baselines(r, tenant, event_type, _fields(events))
+    sides = {name: judge(events, fitted(s, history, baseline, recent))
              for name, s in (("current", current), ("proposed", proposed))}
     changed = [{"ts": e.ts, "values": e.values, "feedback": e.label,
                 "current": evidence(a), "proposed": evidence(b)}
