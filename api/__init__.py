@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import flask_swagger_ui
-import redis
 from flask import Blueprint, Flask
 from flask_smorest import Blueprint as ApiBlueprint
 
@@ -14,6 +13,7 @@ from api.errors import ProblemApi, register_outage_handlers
 from api.parsing import VigilParser
 from api.services import Services
 from core.config import Settings
+from core.connections import store_client
 from core.logs import configure_logging
 from tasks import create_celery
 
@@ -41,8 +41,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["vigil"] = Services(
         settings=settings,
-        redis=redis.Redis.from_url(settings.redis_url, socket_timeout=5,
-                                   socket_connect_timeout=2, health_check_interval=30),
+        redis=store_client(settings, socket_timeout=5, socket_connect_timeout=2,
+                           health_check_interval=30),
         celery=create_celery(settings),
     )
     api = ProblemApi(app, spec_kwargs={"info": {"description": (

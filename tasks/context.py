@@ -5,27 +5,32 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from functools import lru_cache
 from typing import TypeVar
 
 import redis
 from celery import current_app
 
 from core.config import Settings
+from core.connections import store_client
 
 
 def settings() -> Settings:
     return current_app.conf.vigil_settings
 
 
-@lru_cache(maxsize=8)
-def _client(url: str) -> redis.Redis:
-    # One pool per URL and process; redis-py reconnects by itself after Redis restarts.
-    return redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+# One client (and so one connection pool) per app's settings in this process, by identity:
+# Settings holds mappings, so it cannot be a cache key itself.
+_clients: dict[int, tuple[Settings, redis.Redis]] = {}
 
 
-def redis_client(url: str | None = None) -> redis.Redis:
-    return _client(url or settings().redis_url)
+def redis_client() -> redis.Redis:
+    """The store's client of this worker process."""
+    cfg = settings()
+    found = _clients.get(id(cfg))
+    if found is None or found[0] is not cfg:
+        found = _clients[id(cfg)] = (cfg, store_client(
+            cfg, health_check_interval=30, socket_keepalive=True))
+    return found[1]
 
 
 T = TypeVar("T")
