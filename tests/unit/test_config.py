@@ -155,3 +155,28 @@ def test_quorum_queues_need_rabbitmq_and_round_countdowns_to_whole_seconds():
         Settings.from_env({"VIGIL_BROKER_QUEUE_TYPE": "quorum"})
     with pytest.raises(ConfigError, match="'classic' or 'quorum'"):
         Settings.from_env({**amqp, "VIGIL_BROKER_QUEUE_TYPE": "mirrored"})
+
+
+def test_the_store_is_reached_at_its_own_url_and_may_be_a_cluster():
+    plain = Settings.from_env({"REDIS_URL": "redis://broker:6379/0"})
+    assert plain.store_redis_url == "redis://broker:6379/0" and not plain.store_cluster
+    cluster = Settings.from_env({"REDIS_URL": "redis://broker:6379/0",
+                                 "VIGIL_STORE_URL": "redis://node-1:7000/0",
+                                 "VIGIL_STORE_CLUSTER": "true"})
+    assert cluster.store_redis_url == "redis://node-1:7000/0" and cluster.store_cluster
+    assert cluster.celery()["broker_url"] == "redis://broker:6379/0"
+
+
+@pytest.mark.parametrize("env", [
+    {"REDIS_URL": "redis://node-1:7000/0", "VIGIL_STORE_CLUSTER": "true"},
+    {"REDIS_URL": "redis://a:6379/0", "VIGIL_BROKER_URL": "redis://node-1:7000/0",
+     "VIGIL_STORE_URL": "redis://node-1:7000/0", "VIGIL_STORE_CLUSTER": "true"},
+])
+def test_a_cluster_store_refuses_to_be_the_broker_too(env):
+    with pytest.raises(ConfigError, match="broker cannot be a Redis Cluster"):
+        Settings.from_env(env)
+
+
+def test_store_cluster_flag_must_be_a_boolean():
+    with pytest.raises(ConfigError, match="VIGIL_STORE_CLUSTER"):
+        Settings.from_env({"VIGIL_STORE_CLUSTER": "maybe"})
