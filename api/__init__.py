@@ -13,7 +13,7 @@ from api.errors import ProblemApi, register_outage_handlers
 from api.parsing import VigilParser
 from api.services import Services
 from core.config import Settings
-from core.connections import store_client
+from core.connections import broker_redis, store_client
 from core.logs import configure_logging
 from tasks import create_celery
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         redis=store_client(settings, socket_timeout=5, socket_connect_timeout=2,
                            health_check_interval=30),
         celery=create_celery(settings),
+        broker=broker_redis(settings, socket_timeout=5, socket_connect_timeout=2),
     )
     api = ProblemApi(app, spec_kwargs={"info": {"description": (
         "Send events; get a verdict per event from statistical and learned checks. "

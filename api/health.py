@@ -79,7 +79,8 @@ class Metrics(MethodView):
         broker_is_redis = svc.celery.conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
         queues = celery_queues(svc.celery.conf) if broker_is_redis else []
         inbox = keys.events_inbox()
-        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=inbox),
-                          QueueAgeCollector(svc.redis, queues, inbox_key=inbox),
+        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=inbox,
+                                              broker=svc.broker),
+                          QueueAgeCollector(svc.redis, queues, inbox_key=inbox, broker=svc.broker),
                           WorkersCollector(svc.redis, celery_queues(svc.celery.conf)))
         return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

@@ -16,6 +16,8 @@ class Services:
     settings: Settings
     redis: redis.Redis
     celery: Celery
+    # Celery's broker, where it is a Redis other than the store (core.connections.broker_redis).
+    broker: redis.Redis | None = None
 
     def enqueue(self, task_name: str, *args: str) -> None:
         self.celery.send_task(task_name, args=list(args))

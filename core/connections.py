@@ -23,3 +23,14 @@ def store_client(settings: Settings, **options) -> redis.Redis | RedisCluster:
     if settings.store_cluster:
         return RedisCluster.from_url(settings.store_redis_url, **options)
     return redis.Redis.from_url(settings.store_redis_url, **options)
+
+
+def broker_redis(settings: Settings, **options) -> redis.Redis | None:
+    """A client of Celery's broker where that is a Redis other than the store (a cluster
+    deployment's), for /metrics' queue depths; None where the store is the broker or the
+    broker is not Redis."""
+    broker = settings.broker_url or settings.redis_url
+    if broker == settings.store_redis_url or not broker.startswith(
+            ("redis://", "rediss://", "unix://")):
+        return None
+    return redis.Redis.from_url(broker, **options)

@@ -134,18 +134,21 @@ class QueueDepthCollector:
     scraped (a value from the moment of the scrape, not one any process has to keep up to date).
     Nothing is reported while Redis does not answer, so /metrics itself still does."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None):
+    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None,
+                 broker: redis.Redis | None = None):
+        """client: the store (the inbox); broker: Celery's Redis, if not the store itself."""
         self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+        self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
         try:
-            pipe = self.client.pipeline(transaction=False)
+            pipe = (self.broker or self.client).pipeline(transaction=False)
             for queue in self.queues:
                 for name in (queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)):
                     pipe.llen(name)
+            lengths = pipe.execute() if self.queues else []
             if self.inbox_key:
-                pipe.llen(self.inbox_key)
-            lengths = pipe.execute()
+                lengths.append(self.client.llen(self.inbox_key))
         except redis.RedisError as exc:
             log.warning("queue depth not scraped: %s", type(exc).__name__)
             return
@@ -178,18 +181,24 @@ class QueueAgeCollector:
     oldest message names no job (a wake-up; the inbox has the single events) is left out.
     Celery's Redis transport pushes on the left and pops on the right: the oldest is last."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None):
+    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None,
+                 broker: redis.Redis | None = None):
+        """client: the store (the inbox, jobs); broker: Celery's Redis, if not the store."""
         self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+        self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.time()
+            pipe = (self.broker or self.client).pipeline(transaction=False)
             for queue in self.queues:
                 pipe.lindex(queue, -1)
+            oldest = pipe.execute() if self.queues else []
+            pipe = self.client.pipeline(transaction=False)
+            pipe.time()
             if self.inbox_key:
                 pipe.lindex(self.inbox_key, 0)
-            (seconds, micros), *oldest = pipe.execute()
+            (seconds, micros), *inbox = pipe.execute()
+            oldest += inbox
             jobs: dict[str, tuple[str, str] | None] = {}
             for queue, raw in zip(self.queues, oldest):
                 jobs[queue] = _message_job(raw) if raw else None

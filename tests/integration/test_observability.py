@@ -173,8 +173,8 @@ def test_metrics_need_no_key(anonymous):
     assert response.status_code == 200 and "vigil_queue_depth" in response.text
 
 
-def test_queue_depth_counts_priority_lists_and_skips_an_unreachable_redis(redis_server):
-    client = redis_server.client()
+def test_queue_depth_counts_priority_lists_and_skips_an_unreachable_redis(broker_server):
+    client = broker_server.client()
     queue = f"obs-{uuid.uuid4().hex[:8]}"
     client.rpush(queue, "a", "b")
     client.rpush(f"{queue}\x06\x163", "c")  # kombu's list for priority 3
