@@ -48,6 +48,12 @@ if TEST_STORE not in ("redis", "cluster"):
 
 
 @pytest.fixture(scope="session")
+def store_kind() -> str:
+    """What the session's store is: "redis" or "cluster" (VIGIL_TEST_STORE)."""
+    return TEST_STORE
+
+
+@pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[RedisServer | ClusterServer]:
     """The store: its client() is what the API and the workers use (core/connections.py)."""
     server = (ClusterServer if TEST_STORE == "cluster" else RedisServer)(

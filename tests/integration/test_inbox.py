@@ -3,18 +3,34 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import redis
+from cluster import ClusterServer
 from helpers import EVENT
 
 from tasks import inbox, store
 
 
+@pytest.fixture(scope="module")
+def private_cluster(store_kind, tmp_path_factory) -> Iterator[ClusterServer | None]:
+    """With a cluster as the store, a cluster of this module's own: a cluster has no second
+    database."""
+    if store_kind != "cluster":
+        yield None
+        return
+    server = ClusterServer(tmp_path_factory.mktemp("inbox-cluster"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-def r(redis_server) -> redis.Redis:
+def r(redis_server, private_cluster) -> redis.Redis:
     """A database no worker of this session reads (they drain database 0's inbox)."""
-    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/9")
+    client = (private_cluster.client() if private_cluster else
+              redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/9"))
     client.flushdb()
     return client
 

@@ -260,16 +260,14 @@ def test_single_events_arriving_together_are_scored_in_micro_batches(alpha, even
 
 
 def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_lapses(
-        alpha, event_type, settings):
+        alpha, event_type, settings, redis_server):
     """Jobs a worker took from the inbox and never finished (it died) go back to the inbox
     when the sweep (beat) finds their claim lapsed, and are judged once."""
-    import redis
-
     from core import keys
     from tasks import create_celery, inbox, store
 
     seed(alpha, event_type)
-    r = redis.Redis.from_url(settings.redis_url)
+    r = redis_server.client()
     events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"d{i}",
                "payload": {"amount": 100.0, "cart": {"items": 5.0}}} for i in range(5)]
     # Stored and appended as the API does, but without waking the worker: a worker that
@@ -325,14 +323,12 @@ def test_reading_jobs_by_id_refuses_malformed_ids_and_too_many(alpha):
 
 
 def test_a_single_event_message_of_the_earlier_design_is_still_judged(alpha, event_type,
-                                                                      settings):
+                                                                      settings, redis_server):
     """Upgrading: a message sent per event before the inbox existed (task args tenant and
     job id) still gets its job judged."""
-    import redis
-
     from tasks import create_celery, store
 
-    job_id = store.create_job(redis.Redis.from_url(settings.redis_url), settings, "alpha",
+    job_id = store.create_job(redis_server.client(), settings, "alpha",
                               kind="validate", events=[{
                                   "event_type": event_type, "timestamp": T0, "event_id": "old",
                                   "payload": {"amount": 100.0}}])
