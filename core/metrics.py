@@ -193,12 +193,11 @@ class QueueAgeCollector:
             for queue in self.queues:
                 pipe.lindex(queue, -1)
             oldest = pipe.execute() if self.queues else []
-            pipe = self.client.pipeline(transaction=False)
-            pipe.time()
+            # TIME on its own: a cluster's pipeline refuses it (no key, so no node to send to).
+            seconds, micros = self.client.time()
             if self.inbox_key:
-                pipe.lindex(self.inbox_key, 0)
-            (seconds, micros), *inbox = pipe.execute()
-            oldest += inbox
+                oldest.append(self.client.lindex(self.inbox_key, 0))
+            pipe = self.client.pipeline(transaction=False)
             jobs: dict[str, tuple[str, str] | None] = {}
             for queue, raw in zip(self.queues, oldest):
                 jobs[queue] = _message_job(raw) if raw else None
@@ -241,10 +240,9 @@ class WorkersCollector:
 
     def collect(self) -> Iterator[Metric]:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            pipe.time()
-            pipe.zrange(keys.workers(), 0, -1, withscores=True)
-            (seconds, micros), beats = pipe.execute()
+            # Two calls: a cluster's pipeline refuses TIME (no key, so no node to send to).
+            seconds, micros = self.client.time()
+            beats = self.client.zrange(keys.workers(), 0, -1, withscores=True)
         except redis.RedisError as exc:
             log.warning("workers not scraped: %s", type(exc).__name__)
             return

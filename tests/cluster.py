@@ -4,6 +4,7 @@ that way too), and for the tests of key slots (tests/integration/test_cluster_sl
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +14,22 @@ from redis.cluster import RedisCluster
 from core.localredis import free_port, redis_answers, redis_cli_binary, server_command
 
 PRIMARIES = 3
+# A node's cluster bus listens on its port + 10,000 (redis-server refuses a port above 55535).
+BUS_OFFSET = 10_000
+
+
+def node_port() -> int:
+    """A free port whose bus port (+10,000) is free too."""
+    while True:
+        port = free_port()
+        if port + BUS_OFFSET > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + BUS_OFFSET))
+            except OSError:
+                continue
+        return port
 
 
 class ClusterServer:
@@ -21,7 +38,7 @@ class ClusterServer:
 
     def __init__(self, data_dir: Path, primaries: int = PRIMARIES):
         self.data_dir = data_dir
-        self.ports = [free_port() for _ in range(primaries)]
+        self.ports = [node_port() for _ in range(primaries)]
         # A client learns every node and slot from any one of them (core/connections.py).
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         self.procs: list[subprocess.Popen] = []
