@@ -10,7 +10,8 @@ import redis
 from cluster import ClusterServer
 from helpers import EVENT
 
-from tasks import inbox, store
+from tasks import inbox
+from tasks.store import jobs
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def r(redis_server, private_cluster) -> redis.Redis:
 
 def submit(r: redis.Redis, settings) -> tuple[str, bool]:
     """Store a single event as the API does: its job id, and whether to wake the worker."""
-    return store.create_inbox_job(r, settings, "alpha", EVENT)
+    return jobs.create_inbox_job(r, settings, "alpha", EVENT)
 
 
 def test_only_the_first_of_a_burst_wakes_the_worker_and_claims_take_the_oldest(r, settings):
