@@ -331,7 +331,9 @@ def index():
     if tenant is None:
         return _login_page()
     r = services().redis
-    accepted, invalid = baselines.event_type_counts(r, tenant), baselines.invalid_counts(r, tenant)
+    counts = baselines.type_counts(r, tenant)
+    accepted = {t: a for t, (a, _) in counts.items()}
+    invalid = {t: i for t, (_, i) in counts.items() if i}
     activity = {t: accepted.get(t, 0) + invalid.get(t, 0) for t in {*accepted, *invalid}}
     ranked = sorted(activity, key=lambda t: (-activity[t], t))
     chosen = flask.request.args.get("type", "")
@@ -466,8 +468,7 @@ def plot():
     whole = flask.request.args.get("span") == "all"
     # Every change to a type's history or flagged list bumps one of these counters, so they
     # version the plot; read before the data, a concurrent batch only costs a re-render.
-    version = (baselines.event_type_counts(r, tenant).get(event_type, 0),
-               baselines.invalid_counts(r, tenant).get(event_type, 0))
+    version = baselines.type_count(r, tenant, event_type)
     key = (tenant, event_type, field, z, version, whole)
     with _render_lock:
         png = _plots.get(key)

@@ -2,107 +2,176 @@
 
 Tenant first, so one tenant's data never shares a key with another's. Tenant names
 contain no ':' (see config), so the names below cannot collide.
+
+Hash tags (issue 17: the store on a Redis Cluster). Redis Cluster puts a key in the slot of
+the text between its first '{' and the next '}', and a script or MULTI may only touch keys
+of one slot. So:
+- a tenant's own state carries ``{<tenant>}`` (jobs, recent jobs, rate windows, idempotency,
+  webhook secrets and failures, the tenant's set of event types);
+- the state of one event type of a tenant carries ``{<tenant>:<event type>}`` (baselines,
+  history, models, settings, feedback, episodes, level runs, the batch markers and counts
+  its merges write): every merge, feedback or settings change is one slot, and types spread
+  over the cluster;
+- the keys the queues' scripts use together (the events inbox, its claims, the pending
+  events and the judged-events buckets, tasks.eta) carry ``{work}``: one slot;
+- the other global keys (workers, known types, scheduled webhooks, ...) carry no tag: each
+  its own slot, each written by single commands.
+On one Redis the tags are just characters of the names. Names before the tags (the key
+scheme 1) are kept at the end of this file for tasks.keymigration only.
 """
 
+from collections.abc import Sequence
+
+from redis.crc import key_slot
+
 PREFIX = "vigil"
+# The key scheme these names are (tasks.keymigration writes it to key_scheme() when done).
+SCHEME = 2
+
+
+def tenant_tag(tenant: str) -> str:
+    """The hash tag of a tenant's own keys."""
+    return f"{{{tenant}}}"
+
+
+def type_tag(tenant: str, event_type: str) -> str:
+    """The hash tag of a tenant's event type. Event types cannot hold braces (the API's rule),
+    but were one to, its tag would end at its first '}': still the same for all its keys."""
+    return f"{{{tenant}:{event_type}}}"
+
+
+def _tenant(tenant: str) -> str:
+    return f"{PREFIX}:{tenant_tag(tenant)}"
+
+
+def _typed(tenant: str, event_type: str) -> str:
+    return f"{PREFIX}:{type_tag(tenant, event_type)}"
+
+
+WORK = f"{PREFIX}:{{work}}"
+
+
+class CrossSlot(ValueError):
+    """A script or transaction was given keys of more than one cluster slot: on a Redis Cluster
+    it would be refused (CROSSSLOT), so it is refused everywhere, before anything is sent."""
+
+
+def slot(name: str) -> int:
+    """The Redis Cluster slot of a key (CRC16 of its hash tag, or of the whole name)."""
+    return key_slot(name.encode())
+
+
+def check_one_slot(names: Sequence[str]) -> None:
+    """Raise CrossSlot unless every key in ``names`` is in one slot. The store's scripts are
+    run through this on one Redis too (tasks.store), so the single-Redis tests catch a script
+    that a cluster would refuse."""
+    if len(names) > 1:
+        first = slot(names[0])
+        strays = [n for n in names[1:] if slot(n) != first]
+        if strays:
+            raise CrossSlot(f"keys of different cluster slots in one call: {names[0]!r} and "
+                            f"{strays[0]!r}")
 
 
 def job(tenant: str, job_id: str) -> str:
     """Hash: status, progress, timestamps, summary, callback, webhook state."""
-    return f"{PREFIX}:{tenant}:job:{job_id}"
+    return f"{_tenant(tenant)}:job:{job_id}"
 
 
 def job_events(tenant: str, job_id: str) -> str:
     """String: the submitted events as JSON."""
-    return f"{PREFIX}:{tenant}:job:{job_id}:events"
+    return f"{_tenant(tenant)}:job:{job_id}:events"
 
 
 def job_results(tenant: str, job_id: str) -> str:
     """String: the per-event results as JSON."""
-    return f"{PREFIX}:{tenant}:job:{job_id}:results"
+    return f"{_tenant(tenant)}:job:{job_id}:results"
 
 
-def job_partial(tenant: str, job_id: str) -> str:
-    """Hash: batch id -> verdicts of the events merged in that batch (JSON), so a redelivered
-    job reports what it merged before its worker died."""
-    return f"{PREFIX}:{tenant}:job:{job_id}:partial"
+def job_partial(tenant: str, event_type: str, job_id: str) -> str:
+    """Hash: batch id -> verdicts of the job's events of this type merged in that batch
+    (deflated JSON), so a redelivered job reports what it merged before its worker died. In
+    the type's slot: written in the merge's transaction."""
+    return f"{_typed(tenant, event_type)}:partial:{job_id}"
 
 
-def event_types(tenant: str) -> str:
-    """Hash: event type -> number of events accepted into its history."""
-    return f"{PREFIX}:{tenant}:event-types"
+def tenant_types(tenant: str) -> str:
+    """Set: the tenant's event types with history or flagged events (each type's counts are in
+    type_counts). Added to before the type's first merge (tasks.store), never removed."""
+    return f"{_tenant(tenant)}:types"
+
+
+def type_counts(tenant: str, event_type: str) -> str:
+    """Hash: 'accepted' (events accepted into the type's history, feedback included) and
+    'invalid' (events found invalid), written by the merges of the type."""
+    return f"{_typed(tenant, event_type)}:counts"
 
 
 def baseline(tenant: str, event_type: str) -> str:
     """Hash: field -> 'n,mean,m2', the running moments of that field."""
-    return f"{PREFIX}:{tenant}:baseline:{event_type}"
+    return f"{_typed(tenant, event_type)}:baseline"
 
 
 def recent_baseline(tenant: str, event_type: str) -> str:
     """Hash: field -> 'n,mean,var', an exponentially weighted (drift-aware) baseline."""
-    return f"{PREFIX}:{tenant}:recent:{event_type}"
+    return f"{_typed(tenant, event_type)}:recent"
 
 
 def last_values(tenant: str, event_type: str) -> str:
     """Hash: field -> its latest value (for the change-from-previous feature)."""
-    return f"{PREFIX}:{tenant}:last:{event_type}"
+    return f"{_typed(tenant, event_type)}:last"
 
 
-def batch_applied(tenant: str, batch_id: str) -> str:
-    """Marker (expiring): this batch was merged into baselines and history already, so a
-    redelivered job does not count its events twice."""
-    return f"{PREFIX}:{tenant}:applied:{batch_id}"
+def batch_applied(tenant: str, event_type: str, batch_id: str) -> str:
+    """Marker (expiring): this batch was merged into the type's baselines and history already,
+    so a redelivered job does not count its events twice."""
+    return f"{_typed(tenant, event_type)}:applied:{batch_id}"
 
 
 def recent_jobs(tenant: str) -> str:
     """List: the tenant's latest job ids, newest first (bounded)."""
-    return f"{PREFIX}:{tenant}:recent-jobs"
+    return f"{_tenant(tenant)}:recent-jobs"
 
 
 def flagged(tenant: str, event_type: str) -> str:
     """List: recent invalid events as JSON rows {ts, v, codes} (bounded), for the UI."""
-    return f"{PREFIX}:{tenant}:flagged:{event_type}"
-
-
-def invalid_counts(tenant: str) -> str:
-    """Hash: event type -> number of events found invalid."""
-    return f"{PREFIX}:{tenant}:invalid-counts"
+    return f"{_typed(tenant, event_type)}:flagged"
 
 
 def history(tenant: str, event_type: str) -> str:
     """List: recent accepted events as JSON rows of numeric fields (bounded)."""
-    return f"{PREFIX}:{tenant}:history:{event_type}"
+    return f"{_typed(tenant, event_type)}:history"
 
 
 def history_since_training(tenant: str, event_type: str) -> str:
     """Integer: rows added to the history since the model was last trained."""
-    return f"{PREFIX}:{tenant}:history-new:{event_type}"
+    return f"{_typed(tenant, event_type)}:history-new"
 
 
 def model(tenant: str, event_type: str) -> str:
     """Hash: version, trained_at, metadata and the skops blob of the anomaly model."""
-    return f"{PREFIX}:{tenant}:model:{event_type}"
+    return f"{_typed(tenant, event_type)}:model"
 
 
 def training_lock(tenant: str, event_type: str) -> str:
     """Marker (expiring): a model for this event type is being trained right now."""
-    return f"{PREFIX}:{tenant}:training:{event_type}"
+    return f"{_typed(tenant, event_type)}:training"
 
 
 def idempotency(tenant: str, key_digest: str) -> str:
     """String (expiring): JSON record of the submission made with an Idempotency-Key, by the
     sha256 hex of that key (client keys may contain ':' and spaces)."""
-    return f"{PREFIX}:{tenant}:idempotency:{key_digest}"
+    return f"{_tenant(tenant)}:idempotency:{key_digest}"
 
 
 def rate_window(tenant: str, window: int) -> str:
     """Integer (expiring): the tenant's requests in one fixed rate-limit window (epoch second)."""
-    return f"{PREFIX}:{tenant}:rate:{window}"
+    return f"{_tenant(tenant)}:rate:{window}"
 
 
 def webhooks_failed(tenant: str) -> str:
     """Sorted set: job ids whose webhook finally failed, scored by when."""
-    return f"{PREFIX}:{tenant}:webhooks-failed"
+    return f"{_tenant(tenant)}:webhooks-failed"
 
 
 def webhooks_scheduled() -> str:
@@ -119,13 +188,13 @@ def known_types() -> str:
 def events_inbox() -> str:
     """List: '<tenant>:<job id>' of single-event jobs waiting for the events worker, oldest
     first (tasks.inbox)."""
-    return f"{PREFIX}:events-inbox"
+    return f"{WORK}:events-inbox"
 
 
 def events_claimed() -> str:
     """Sorted set: '<tenant>:<job id>' taken from the inbox by a worker, scored by when the
     claim lapses (a worker that died leaves them here; the sweep puts them back)."""
-    return f"{PREFIX}:events-claimed"
+    return f"{WORK}:events-claimed"
 
 
 def workers() -> str:
@@ -143,81 +212,132 @@ def ui_session_key() -> str:
 def webhook_secrets(tenant: str) -> str:
     """Hash: the tenant's webhook signing secrets (tasks/webhook_secrets.py): current,
     created_at, and while a rotation overlaps, previous and previous_expires_at."""
-    return f"{PREFIX}:{tenant}:webhook-secrets"
+    return f"{_tenant(tenant)}:webhook-secrets"
 
 
 def episode_state(tenant: str, event_type: str) -> str:
     """String: JSON {open: the open episode or null, quiet: valid events since its last
     flagged one} (ml.episodes.State), read when a chunk is judged, written when it is merged."""
-    return f"{PREFIX}:{tenant}:episode-state:{event_type}"
+    return f"{_typed(tenant, event_type)}:episode-state"
 
 
 def episodes(tenant: str, event_type: str) -> str:
     """Hash: episode id -> the episode as JSON (ml.episodes), the latest ones only."""
-    return f"{PREFIX}:{tenant}:episodes:{event_type}"
+    return f"{_typed(tenant, event_type)}:episodes"
 
 
 def episode_index(tenant: str, event_type: str) -> str:
     """Sorted set: episode ids scored by opened_at (bounded; the hash keeps the same ids)."""
-    return f"{PREFIX}:{tenant}:episode-index:{event_type}"
+    return f"{_typed(tenant, event_type)}:episode-index"
 
 
 def episode_webhook(tenant: str) -> str:
     """String: JSON {url, created_at}: where the tenant's episode.opened / episode.closed
     webhooks go."""
-    return f"{PREFIX}:{tenant}:episode-webhook"
+    return f"{_tenant(tenant)}:episode-webhook"
 
 
 def level_runs(tenant: str, event_type: str) -> str:
     """Hash: field -> JSON {side, values}: its out-of-range values in a row so far, all on one
     side (ml.level_shift.Run; at most VIGIL_LEVEL_SHIFT_RUN of them), read when a chunk is
     judged, written when it is merged; a field with no run has no entry."""
-    return f"{PREFIX}:{tenant}:level-runs:{event_type}"
+    return f"{_typed(tenant, event_type)}:level-runs"
 
 
 def level_shift_at(tenant: str, event_type: str) -> str:
     """String: the timestamp of the event that completed the type's latest level shift. An
     anomaly model trained before it is set aside until one is trained on the new level."""
-    return f"{PREFIX}:{tenant}:level-shift-at:{event_type}"
+    return f"{_typed(tenant, event_type)}:level-shift-at"
 
 
 def type_settings(tenant: str, event_type: str) -> str:
     """Hash: version (0 or absent: the environment's settings), overrides (JSON: the
     per-type settings set with PUT /v1/event-types/{type}/settings), updated_at."""
-    return f"{PREFIX}:{tenant}:settings:{event_type}"
+    return f"{_typed(tenant, event_type)}:settings"
 
 
 def type_settings_log(tenant: str, event_type: str) -> str:
     """List: every settings change of the type, newest first, as JSON {version, at, before,
     after} (bounded)."""
-    return f"{PREFIX}:{tenant}:settings-log:{event_type}"
+    return f"{_typed(tenant, event_type)}:settings-log"
 
 
 def feedback(tenant: str, event_type: str) -> str:
     """Hash: '<job id>:<index>' -> the event's current feedback as JSON {label, note, at,
     by, ts, v, valid, in_history} (tasks.feedback)."""
-    return f"{PREFIX}:{tenant}:feedback:{event_type}"
+    return f"{_typed(tenant, event_type)}:feedback"
 
 
 def feedback_log(tenant: str, event_type: str) -> str:
     """List: the audit trail of the type's feedback, newest first, as JSON {event, at, by,
     before, after} (bounded)."""
-    return f"{PREFIX}:{tenant}:feedback-log:{event_type}"
+    return f"{_typed(tenant, event_type)}:feedback-log"
 
 
 def judged(lane: str) -> str:
     """Hash: epoch second -> events a lane's workers judged in it ('jobs': the default queue's
     jobs, 'events': the single-event inbox), the last minute or so (tasks.eta)."""
-    return f"{PREFIX}:judged:{lane}"
+    return f"{WORK}:judged:{lane}"
 
 
 def judging_ms(lane: str) -> str:
     """Hash: epoch second -> milliseconds a lane's workers spent judging the events counted in
     keys.judged that second (summed over worker processes; tasks.eta)."""
-    return f"{PREFIX}:judging-ms:{lane}"
+    return f"{WORK}:judging-ms:{lane}"
 
 
 def pending_events() -> str:
     """Hash: '<tenant>:<job id>' -> '<created_at> <events not yet judged>' of each unfinished job
     on the default queue (tasks.eta); dropped when the job finishes, or by the sweep."""
-    return f"{PREFIX}:pending-events"
+    return f"{WORK}:pending-events"
+
+
+def key_scheme() -> str:
+    """String: the key scheme the store's names follow (SCHEME), written by tasks.keymigration
+    once the names of an older scheme were moved; absent: not migrated yet."""
+    return f"{PREFIX}:key-scheme"
+
+
+def key_scheme_lock() -> str:
+    """Marker (expiring): a process is moving the store's keys to SCHEME right now."""
+    return f"{PREFIX}:key-scheme-lock"
+
+
+# --- key scheme 1 (before hash tags), for tasks.keymigration only ---------------------------
+# 'vigil:<tenant>:<kind>[:<rest>]' and a few untagged globals. A tenant name holds no ':',
+# '{' or '}', so a scheme-2 name never reads as one of these.
+
+# Scheme 1's 'vigil:<tenant>:<kind>:<event type>' -> the type's key of scheme 2.
+LEGACY_TYPE_KINDS = {"baseline": baseline, "recent": recent_baseline, "last": last_values,
+                     "history": history, "history-new": history_since_training, "model": model,
+                     "training": training_lock, "flagged": flagged,
+                     "episode-state": episode_state, "episodes": episodes,
+                     "episode-index": episode_index, "level-runs": level_runs,
+                     "level-shift-at": level_shift_at, "settings": type_settings,
+                     "settings-log": type_settings_log, "feedback": feedback,
+                     "feedback-log": feedback_log}
+# Scheme 1's 'vigil:<tenant>:<kind>[:<rest>]' of the tenant's own -> the key of scheme 2.
+LEGACY_TENANT_KINDS = {"recent-jobs": lambda tenant, rest: recent_jobs(tenant),
+                       "idempotency": idempotency,
+                       "rate": rate_window,
+                       "webhooks-failed": lambda tenant, rest: webhooks_failed(tenant),
+                       "webhook-secrets": lambda tenant, rest: webhook_secrets(tenant),
+                       "episode-webhook": lambda tenant, rest: episode_webhook(tenant)}
+
+
+def legacy_event_types(tenant: str) -> str:
+    """Scheme 1's hash: event type -> events accepted (now type_counts' 'accepted')."""
+    return f"{PREFIX}:{tenant}:event-types"
+
+
+def legacy_invalid_counts(tenant: str) -> str:
+    """Scheme 1's hash: event type -> events found invalid (now type_counts' 'invalid')."""
+    return f"{PREFIX}:{tenant}:invalid-counts"
+
+
+# Scheme 1's names of the {work} keys, with their scheme-2 names.
+LEGACY_WORK = {f"{PREFIX}:events-inbox": events_inbox(),
+               f"{PREFIX}:events-claimed": events_claimed(),
+               f"{PREFIX}:pending-events": pending_events(),
+               **{f"{PREFIX}:judged:{lane}": judged(lane) for lane in ("jobs", "events")},
+               **{f"{PREFIX}:judging-ms:{lane}": judging_ms(lane) for lane in ("jobs", "events")}}

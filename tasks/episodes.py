@@ -66,16 +66,16 @@ def queue_write(pipe: redis.client.Pipeline, tenant: str, event_type: str,
     args: list[Any] = [orjson.dumps(outcome.state.as_dict()), EPISODES_KEPT]
     for found_id, episode in outcome.changed.items():
         args += [found_id, repr(float(episode["opened_at"])), orjson.dumps(episode)]
-    pipe.register_script(_WRITE)(
-        keys=[keys.episode_state(tenant, event_type), keys.episodes(tenant, event_type),
-              keys.episode_index(tenant, event_type),
-              *(keys.batch_applied(tenant, b) for b in batch_ids)],
-        args=args)
+    lua.run(pipe, _WRITE,
+            [keys.episode_state(tenant, event_type), keys.episodes(tenant, event_type),
+             keys.episode_index(tenant, event_type),
+             *(keys.batch_applied(tenant, event_type, b) for b in batch_ids)],
+            args)
 
 
 def type_known(r: redis.Redis, tenant: str, event_type: str) -> bool:
     """Whether the tenant has history of this type (episodes of an unknown type: a 404)."""
-    return bool(r.hexists(keys.event_types(tenant), event_type))
+    return bool(r.exists(keys.type_counts(tenant, event_type)))
 
 
 def list_episodes(r: redis.Redis, tenant: str, event_type: str, *, open_only: bool = False,

@@ -119,11 +119,11 @@ def fallback(lane: str, events: int) -> Backlog:
 def backlog(r: redis.Redis, tenant: str, job_id: str, now: float | None = None) -> Backlog:
     """The backlog of an unfinished job (one script call)."""
     now = time.time() if now is None else now
-    lane, ahead, judged, busy_ms = r.register_script(_READ)(
-        keys=[keys.pending_events(), keys.judged(JOBS), keys.judging_ms(JOBS),
-              keys.judged(EVENTS), keys.judging_ms(EVENTS), keys.events_inbox(),
-              keys.events_claimed()],
-        args=[pending_entry(tenant, job_id), int(now) - WINDOW_S])
+    lane, ahead, judged, busy_ms = lua.run(
+        r, _READ,
+        [keys.pending_events(), keys.judged(JOBS), keys.judging_ms(JOBS), keys.judged(EVENTS),
+         keys.judging_ms(EVENTS), keys.events_inbox(), keys.events_claimed()],
+        [pending_entry(tenant, job_id), int(now) - WINDOW_S])
     return Backlog(JOBS if lane else EVENTS, int(ahead), int(judged), int(busy_ms) / 1000)
 
 
@@ -135,7 +135,6 @@ def estimate(r: redis.Redis, tenant: str, job_id: str) -> float:
 def record_judged(r: redis.Redis, lane: str, n: int, judging_s: float) -> None:
     """Count n events judged now, in judging_s seconds, in the lane's throughput."""
     if n > 0:
-        r.register_script(_RECORD)(
-            keys=[keys.judged(lane), keys.judging_ms(lane)],
-            args=[int(time.time()), n, round(judging_s * 1000), BUCKETS_TTL_S, BUCKETS_KEPT,
-                  WINDOW_S])
+        lua.run(r, _RECORD, [keys.judged(lane), keys.judging_ms(lane)],
+                [int(time.time()), n, round(judging_s * 1000), BUCKETS_TTL_S, BUCKETS_KEPT,
+                 WINDOW_S])

@@ -105,7 +105,8 @@ def _kept_row(r: redis.Redis, tenant: str, event_type: str, job_id: str,
     return None
 
 
-# KEYS: feedback, feedback log, baseline, history, history since training, event types.
+# KEYS: feedback, feedback log, baseline, history, history since training, the type's counts
+# (all in the type's cluster slot).
 # ARGV: member, label ('' withdraws), record JSON, valid (1/0), history row JSON, log entry
 # JSON without its 'before' (filled in here), kept log entries, history max rows, event type,
 # then field, value pairs. Returns {changed (1/0), in history now (1/0)}.
@@ -127,11 +128,11 @@ def give(r: redis.Redis, history_max_rows: int, tenant: str, event: Judged,
                   history_max_rows, event.event_type]
     for field, value in event.values.items():
         args += [field, repr(float(value))]
-    changed, in_history = r.register_script(_GIVE)(keys=[
+    changed, in_history = lua.run(r, _GIVE, [
         keys.feedback(tenant, event.event_type), keys.feedback_log(tenant, event.event_type),
         keys.baseline(tenant, event.event_type), keys.history(tenant, event.event_type),
-        keys.history_since_training(tenant, event.event_type), keys.event_types(tenant)],
-        args=args)
+        keys.history_since_training(tenant, event.event_type),
+        keys.type_counts(tenant, event.event_type)], args)
     return {"job_id": event.job_id, "index": event.index, "event_type": event.event_type,
             "label": label, "note": note, "by": actor, "at": at, "valid": event.valid,
             "in_history": bool(in_history), "changed": bool(changed)}

@@ -1,10 +1,10 @@
 """The inbox of single-event jobs: a Redis list the events worker drains in micro-batches.
 
-The API stores a single-event job and appends it here in one script call
-(tasks.store.create_inbox_job); only when the inbox was empty does it also send the events
-worker a Celery message to wake it. The worker claims
-up to a batch of entries at once (moved atomically to a set of claims with a deadline), judges
-them together and then drops the claims. Entries of a worker that died stay claimed until
+The API stores a single-event job, then appends it here (tasks.store.jobs.create_inbox_job:
+two steps, the job being the tenant's and the inbox {work}'s, different cluster slots); only
+when the inbox was empty does it also send the events worker a Celery message to wake it.
+The worker claims up to a batch of entries at once (moved atomically to a set of claims with
+a deadline), judges them together and then drops the claims. Entries of a worker that died stay claimed until
 their deadline, when the sweep (beat) puts them back first in line: at-least-once, and the
 merges are idempotent, so nothing is counted twice.
 
@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import redis
 
 from core import keys
+from tasks.store import lua
 
 # The Celery task that drains the inbox (tasks.micro_batch), routed to the events queue.
 WAKE_TASK = "vigil.validate_events"
@@ -64,9 +65,8 @@ def append(r: redis.Redis | redis.client.Pipeline, tenant: str, job_id: str) -> 
 
 def claim(r: redis.Redis, limit: int, until: float) -> list[tuple[str, str]]:
     """Take up to ``limit`` entries, oldest first, claimed until ``until`` (epoch seconds)."""
-    # register_script: EVALSHA, as store's scripts, not the script's text on every claim.
-    taken = r.register_script(_CLAIM)(keys=[keys.events_inbox(), keys.events_claimed()],
-                                      args=[limit, repr(until)])
+    taken = lua.run(r, _CLAIM, [keys.events_inbox(), keys.events_claimed()],
+                    [limit, repr(until)])
     return [parse(raw) for raw in taken]
 
 
@@ -78,8 +78,8 @@ def release(r: redis.Redis, claimed: Sequence[tuple[str, str]]) -> None:
 
 def reclaim_lapsed(r: redis.Redis, now: float) -> int:
     """Put entries whose claim lapsed by ``now`` back at the head of the inbox; how many."""
-    return int(r.register_script(_RECLAIM)(keys=[keys.events_inbox(), keys.events_claimed()],
-                                           args=[repr(now)]))
+    return int(lua.run(r, _RECLAIM, [keys.events_inbox(), keys.events_claimed()],
+                       [repr(now)]))
 
 
 def waiting(r: redis.Redis) -> int:

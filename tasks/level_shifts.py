@@ -217,7 +217,7 @@ def queue_write(pipe: redis.client.Pipeline, tenant: str, event_type: str,
     args: list[str | bytes] = [repr(shifts.at) if shifts.at is not None else ""]
     for field, run in shifts.runs.items():
         args += [field, orjson.dumps(run.as_dict()) if run.values else ""]
-    pipe.register_script(_WRITE)(
-        keys=[keys.level_runs(tenant, event_type), keys.level_shift_at(tenant, event_type),
-              *(keys.batch_applied(tenant, b) for b in batch_ids)],
-        args=args)
+    lua.run(pipe, _WRITE,
+            [keys.level_runs(tenant, event_type), keys.level_shift_at(tenant, event_type),
+             *(keys.batch_applied(tenant, event_type, b) for b in batch_ids)],
+            args)

@@ -73,9 +73,10 @@ def save(r: redis.Redis, tenant: str, event_type: str, overrides: Mapping[str, A
     Conflict if another change landed after ``read_version`` was read."""
     at = now()
     body = dumps(dict(sorted(overrides.items())))
-    version = int(r.register_script(_SAVE)(
-        keys=[keys.type_settings(tenant, event_type), keys.type_settings_log(tenant, event_type)],
-        args=[body, repr(at), LOG_KEPT, read_version]))
+    version = int(lua.run(
+        r, _SAVE,
+        [keys.type_settings(tenant, event_type), keys.type_settings_log(tenant, event_type)],
+        [body, repr(at), LOG_KEPT, read_version]))
     if version < 0:
         raise Conflict(f"the settings of {event_type!r} changed while this change was made")
     return load(r, tenant, event_type)

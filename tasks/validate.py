@@ -103,7 +103,7 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
         rules = Judge.from_settings(typed)
         for chunk in chunks:
             batches = batch_ids(chunk, event_type)
-            merged_before = job_data.partial_results(r, tenant, batches)
+            merged_before = job_data.partial_results(r, tenant, event_type, batches)
             todo = [entry for entry in chunk
                     if entry[0] not in merged_before and entry[0] not in errors]
             if todo:
@@ -317,6 +317,9 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     # The whole chunk as one batch, under the first job's batch id and marking the others'
     # (for a chunk of one job, simply that job's batch).
     first, *others = positions
+    # The transaction writes the type's keys only (one cluster slot); the tenant's set of
+    # types and the known types are added to before it (baselines.note_type says why).
+    baselines.note_type(r, tenant, event_type)
     pipe = r.pipeline(transaction=True)
     # Before the merge, so it applies exactly when the merge does (tasks.episodes).
     episodes.queue_write(pipe, tenant, event_type, judged.episode_update,
@@ -327,8 +330,8 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, list(range(len(chunk))),
            batches[first], [batches[j] for j in others])
     for job_id, mine in positions.items():
-        job_data.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
-                                   [judged.results[p] for p in mine])
+        job_data.save_partial_results(pipe, cfg, tenant, event_type, job_id, batches[job_id],
+                                      [judged.results[p] for p in mine])
     together = pipe.execute()[merge_at]
     if together and judged.episode_update:
         announce_episodes(r, tenant, judged.episode_update.transitions)

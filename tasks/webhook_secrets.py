@@ -50,7 +50,8 @@ def new_secret() -> str:
 def rotate(r: redis.Redis, tenant: str, now: float) -> Rotation:
     """A new current secret for the tenant; the one it replaces signs on for OVERLAP_S."""
     secret, expires = new_secret(), now + OVERLAP_S
-    had_one = r.eval(_ROTATE, 1, keys.webhook_secrets(tenant), secret, repr(now), repr(expires))
+    had_one = lua.run(r, _ROTATE, [keys.webhook_secrets(tenant)],
+                      [secret, repr(now), repr(expires)])
     return Rotation(secret, now, expires if had_one else None)
 
 

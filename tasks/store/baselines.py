@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import ClusterPipeline
 
 from core import keys
 from core.config import Settings
@@ -51,14 +52,18 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
     level shift in the batch (tasks.level_shifts): the recent baseline re-seeds right after
     that value; the all-time baseline is untouched.
     Returns False if this batch had been applied before (on a pipeline: queued, True).
+    Called with a client, it adds the type to the tenant's types first (note_type); on a
+    pipeline, the caller does, before the pipeline runs.
     """
-    script_keys = [keys.batch_applied(tenant, batch_id), keys.baseline(tenant, event_type),
-                   keys.history(tenant, event_type),
+    # Every key the type's (one cluster slot): the tenant's set of types and the known types
+    # are note_type's, called before.
+    script_keys = [keys.batch_applied(tenant, event_type, batch_id),
+                   keys.baseline(tenant, event_type), keys.history(tenant, event_type),
                    keys.history_since_training(tenant, event_type),
-                   keys.event_types(tenant), keys.known_types(),
+                   keys.type_counts(tenant, event_type),
                    keys.recent_baseline(tenant, event_type), keys.last_values(tenant, event_type),
-                   keys.flagged(tenant, event_type), keys.invalid_counts(tenant),
-                   *(keys.batch_applied(tenant, other) for other in together_with)]
+                   keys.flagged(tenant, event_type),
+                   *(keys.batch_applied(tenant, event_type, other) for other in together_with)]
     recent_json = dumps({f: v for f, v in (recent or {}).items() if len(v)})
     args: list[Any] = [settings.job_ttl_s, settings.history_max_rows, event_type, tenant,
                        repr(settings.recent_alpha), repr(settings.recent_clip),
@@ -73,8 +78,23 @@ def apply_batch(r: redis.Redis, settings: Settings, tenant: str, event_type: str
     for field, m in moments.items():
         args += [field, m.n, repr(float(m.ref)), repr(float(m.offset)), repr(float(m.m2))]
     args += [dumps(row) for row in rows]
-    # register_script: EVALSHA, so a pipeline of many batches sends the script once.
-    return bool(r.register_script(_APPLY_BATCH)(keys=script_keys, args=args))
+    if not isinstance(r, (redis.client.Pipeline, ClusterPipeline)):
+        note_type(r, tenant, event_type)  # on a pipeline (a transaction), the caller's to do
+    # ARGV[3] and ARGV[4] (event type, tenant) are no longer read by the script.
+    return bool(lua.run(r, _APPLY_BATCH, script_keys, args))
+
+
+def note_type(r: redis.Redis, tenant: str, event_type: str) -> None:
+    """Add the type to the tenant's set of types and to the known types (beat retrains from
+    it), BEFORE its batches are merged (apply_batch). Separate commands (their keys are in
+    other slots than the type's) and idempotent (SADD). Before, not after: a crash between
+    leaves a type listed whose merge never landed, which has no counts, so listings skip it
+    (type_counts) and beat finds no history to train on; after, it would leave a merged type
+    unlisted until its next merge."""
+    pipe = r.pipeline(transaction=False)
+    pipe.sadd(keys.tenant_types(tenant), event_type)
+    pipe.sadd(keys.known_types(), f"{tenant}:{event_type}")
+    pipe.execute()
 
 
 def _parse_moments(raw: bytes) -> Moments:
@@ -143,12 +163,33 @@ def flagged_rows(r: redis.Redis, tenant: str, event_type: str) -> list[dict]:
     return [json.loads(row) for row in r.lrange(keys.flagged(tenant, event_type), 0, -1)]
 
 
+def type_counts(r: redis.Redis, tenant: str) -> dict[str, tuple[int, int]]:
+    """(accepted, invalid) events per event type of the tenant, for the types with a merge.
+
+    The tenant's set of types, then each type's counts (in its own slot) in one pipeline:
+    on a cluster, redis-py sends each to its slot's node, a round trip per node."""
+    types = sorted(t.decode() for t in r.smembers(keys.tenant_types(tenant)))
+    pipe = r.pipeline(transaction=False)
+    for event_type in types:
+        pipe.hmget(keys.type_counts(tenant, event_type), ["accepted", "invalid"])
+    return {event_type: (int(accepted or 0), int(invalid or 0))
+            for event_type, (accepted, invalid) in zip(types, pipe.execute() if types else [])
+            if accepted is not None or invalid is not None}
+
+
+def type_count(r: redis.Redis, tenant: str, event_type: str) -> tuple[int, int]:
+    """(accepted, invalid) events of one type of the tenant (one read, in its slot)."""
+    accepted, invalid = r.hmget(keys.type_counts(tenant, event_type), ["accepted", "invalid"])
+    return int(accepted or 0), int(invalid or 0)
+
+
 def invalid_counts(r: redis.Redis, tenant: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in r.hgetall(keys.invalid_counts(tenant)).items()}
+    return {t: invalid for t, (_, invalid) in type_counts(r, tenant).items() if invalid}
 
 
 def event_type_counts(r: redis.Redis, tenant: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in r.hgetall(keys.event_types(tenant)).items()}
+    return {t: accepted for t, (accepted, _) in type_counts(r, tenant).items()}
+
 
 
 def known_types(r: redis.Redis) -> list[tuple[str, str]]:

@@ -73,18 +73,20 @@ def pack_results(results: list[dict]) -> bytes:
     return zlib.compress(dumps(results), 1)
 
 
-def save_partial_results(r: redis.Redis, settings: Settings, tenant: str, job_id: str,
-                         batch_id: str, results: list[dict]) -> None:
-    key = keys.job_partial(tenant, job_id)
+def save_partial_results(r: redis.Redis, settings: Settings, tenant: str, event_type: str,
+                         job_id: str, batch_id: str, results: list[dict]) -> None:
+    """Keep the verdicts of the job's batch of this type (queued on the merge's transaction:
+    in the type's slot, as the merge's other keys)."""
+    key = keys.job_partial(tenant, event_type, job_id)
     r.hset(key, batch_id, pack_results(results))
     r.expire(key, settings.job_ttl_s)
 
 
-def partial_results(r: redis.Redis, tenant: str,
+def partial_results(r: redis.Redis, tenant: str, event_type: str,
                     batches: Mapping[str, str]) -> dict[str, list[dict]]:
-    """{job id: verdicts} of the batches (job id -> batch id) merged before, if any."""
+    """{job id: verdicts} of the batches of this type (job id -> batch id) merged before."""
     pipe = r.pipeline(transaction=False)
     for job_id, batch_id in batches.items():
-        pipe.hget(keys.job_partial(tenant, job_id), batch_id)
+        pipe.hget(keys.job_partial(tenant, event_type, job_id), batch_id)
     return {job_id: orjson.loads(zlib.decompress(raw))
             for job_id, raw in zip(batches, pipe.execute()) if raw}

@@ -6,6 +6,7 @@ Its events and results are job_data's.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -47,18 +48,23 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-# Stores a queued job: its hash (with an expiry), its events, its place among the tenant's
-# recent jobs and, for a single event, its entry in the events inbox (tasks.inbox); returns the
-# inbox's length then (0: not appended). With a rate limit (ARGV[6] > 0) it first counts the
-# request in the tenant's window (KEYS[5]) and stores nothing over the limit (-1). One script
-# call rather than a MULTI of seven commands, or a second round trip for the rate limit: the
-# API's hot path pays redis-py's cost per command.
+# Stores a queued job: its hash (with an expiry), its events and its place among the
+# tenant's recent jobs. With a rate limit (ARGV[5] > 0) it first counts the request in the
+# tenant's window (KEYS[4]) and stores nothing over the limit (-1). One script call rather
+# than a MULTI of several commands, or a second round trip for the rate limit: the API's hot
+# path pays redis-py's cost per command. Its keys are all the tenant's (one cluster slot).
 # Idempotent per job id (chosen by the caller before the call): if the job exists, the call
-# is a retry of one whose reply was lost, and it only says so (-2): no second inbox entry,
-# rate count or place among the recent jobs.
-# A job for the default queue (not the inbox) gets its entry among the pending events
-# (tasks.eta) in the same step: no job is ever pending without one, nor one without its job.
+# is a retry of one whose reply was lost, and it only says so (-2): no second rate count or
+# place among the recent jobs.
+# KEYS: job, events, recent jobs, rate window. ARGV: ttl, recent kept - 1, events ('': none),
+# job id, rate limit, window ttl, then the job's fields.
 _CREATE = lua.text("counted", "create_job")
+# A retry's inbox entry ({work} slot): appended unless it is waiting or claimed already; the
+# inbox's length then, or 0. KEYS: inbox, claimed. ARGV: the entry.
+_APPEND_ONCE = lua.text("inbox_append_once")
+# A pending entry whose job is not there (yet) is dropped by the sweep only past this age: its
+# job is stored right after it (_create), and a sweep between the two must not drop it.
+PENDING_GRACE_S = 60.0
 
 
 def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
@@ -84,10 +90,10 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
                      event: Mapping, rate_limit: int = 0,
                      job_id: str | None = None) -> tuple[str, bool]:
-    """Store a single-event job and append it to the events inbox (tasks.inbox), in one
-    step. Returns its id and whether the inbox was empty (the caller must then wake the
-    events worker). rate_limit and job_id as create_job's: a retry that finds the job asks
-    for a wake too, as the first call may have found the inbox empty and woken nobody."""
+    """Store a single-event job and append it to the events inbox (tasks.inbox). Returns
+    its id and whether the inbox was empty (the caller must then wake the events worker).
+    rate_limit and job_id as create_job's: a retry that finds the job asks for a wake too,
+    as the first call may have found the inbox empty and woken nobody."""
     job_id, inbox_length = _create(r, settings, tenant, kind="validate", events=[event],
                                    to_inbox=True, rate_limit=rate_limit, job_id=job_id)
     return job_id, inbox_length in (1, ALREADY_STORED)
@@ -116,18 +122,39 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["callback_url"] = callback_url
     if params:
         fields["params"] = dumps(params)
-    inbox_length = int(r.register_script(_CREATE)(
-        keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
-              keys.events_inbox(), rates.current_window(tenant), keys.pending_events()],
-        args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, job_data.pack_events(events) if events else "",
-              job_id, inbox.entry(tenant, job_id) if to_inbox else "",
-              rate_limit, rates.RATE_WINDOW_TTL_S,
-              *(("", "") if to_inbox else
-                (eta.pending_entry(tenant, job_id), eta.pending_value(created_at, len(events)))),
-              *(x for pair in fields.items() for x in pair)]))
-    if inbox_length == -1:
+    # A Redis Cluster runs a script on one slot only, and the job is the tenant's while its
+    # pending entry and inbox entry are in {work}: three steps, ordered so that a crash (or
+    # a refusal) between them leaves nothing wrong for good.
+    entry = eta.pending_entry(tenant, job_id)
+    if not to_inbox:
+        # 1. The pending entry first: a stored job always has one. One whose job is never
+        # stored (over the rate limit, a crash before step 2) is dropped just below, or by
+        # the sweep (drop_finished_pending) once PENDING_GRACE_S old. HSETNX: a retry keeps
+        # the first call's entry, which its job's progress may have updated since.
+        r.hsetnx(keys.pending_events(), entry, eta.pending_value(created_at, len(events)))
+    # 2. The job, in the tenant's slot.
+    stored = int(lua.run(
+        r, _CREATE,
+        [keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
+         rates.current_window(tenant)],
+        [settings.job_ttl_s, RECENT_JOBS_KEPT - 1,
+         job_data.pack_events(events) if events else "", job_id, rate_limit,
+         rates.RATE_WINDOW_TTL_S, *(x for pair in fields.items() for x in pair)]))
+    if stored == -1:
+        if not to_inbox:
+            r.hdel(keys.pending_events(), entry)
         raise rates.OverRateLimit(tenant)
-    return job_id, inbox_length
+    if not to_inbox:
+        return job_id, stored
+    # 3. The inbox entry after its job: no worker can claim an entry whose job is not stored
+    # yet. A process that dies between the two leaves a job no entry names: it answered no
+    # 202, and the job stays queued until it expires. A retry (the first call's reply lost)
+    # appends the entry only if it is neither waiting nor claimed: one entry per job.
+    item = inbox.entry(tenant, job_id)
+    if stored == ALREADY_STORED:
+        lua.run(r, _APPEND_ONCE, [keys.events_inbox(), keys.events_claimed()], [item])
+        return job_id, ALREADY_STORED
+    return job_id, int(r.rpush(keys.events_inbox(), item))
 
 
 def shared_event_type(events: Sequence[Mapping]) -> str | None:
@@ -170,14 +197,13 @@ _START = lua.text("start_job")
 # the time to verdict, without another round trip), '' if it has none, or 0 if not finished.
 _FINISH = lua.text("finish_job")
 
-# A queued job's pending entry goes with it; a running one's stays until its worker stops
-# (tasks.eta: it still holds the worker until then).
+# Cancels a queued or running job; answers {its status now, its status before} ('': none).
 _CANCEL = lua.text("cancel_job")
 
 
 def start_job(r: redis.Redis, tenant: str, job_id: str) -> int:
     """Mark the job running; returns its delivery count, or -1 if it must not run."""
-    return int(r.eval(_START, 1, keys.job(tenant, job_id), now()))
+    return int(lua.run(r, _START, [keys.job(tenant, job_id)], [now()]))
 
 
 def finish_job(r: redis.Redis, settings: Settings, tenant: str, job_id: str, status: str, *,
@@ -189,10 +215,9 @@ def finish_job(r: redis.Redis, settings: Settings, tenant: str, job_id: str, sta
 
 def start_jobs(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> list[int]:
     """start_job for many jobs in one round trip."""
-    script = r.register_script(_START)
     pipe = r.pipeline(transaction=False)
     for job_id in job_ids:
-        script(keys=[keys.job(tenant, job_id)], args=[now()], client=pipe)
+        lua.run(pipe, _START, [keys.job(tenant, job_id)], [now()])
     return [int(x) for x in pipe.execute()]
 
 
@@ -206,7 +231,7 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
     Returns the jobs that finished (not cancelled or expired meanwhile), each with its
     created_at (None if it has none).
     """
-    finish = r.register_script(_FINISH)
+    # Not a transaction (it never was): on a cluster each command goes to its slot's node.
     pipe = r.pipeline(transaction=False)
     ids = list(outcomes)
     flag_at: list[int] = []  # where each job's finish reply lands in the pipeline's replies
@@ -224,14 +249,19 @@ def finish_jobs(r: redis.Redis, settings: Settings, tenant: str,
         if results is not None:
             fields["done"] = len(results)
         flag_at.append(len(pipe))
-        finish(keys=[keys.job(tenant, job_id)],
-               args=[x for pair in fields.items() for x in pair], client=pipe)
+        lua.run(pipe, _FINISH, [keys.job(tenant, job_id)],
+                [x for pair in fields.items() for x in pair])
         pipe.expire(keys.job(tenant, job_id), settings.job_ttl_s)
         # The final results supersede the per-batch verdicts kept for redeliveries, and a
         # finished job's events are read no more (a redelivery finds it finished): dropped
         # now rather than kept for the TTL, Redis holds several times less per batch job, and
         # rewrites its append-only file less often.
-        pipe.delete(keys.job_partial(tenant, job_id), keys.job_events(tenant, job_id))
+        # The partial verdicts are kept per event type (in its slot, written with its
+        # merges): those of the types in the results. Those of a job failed without results
+        # (its worker died on every delivery) expire with it.
+        pipe.delete(keys.job_events(tenant, job_id))
+        for event_type in {x.get("event_type") for x in results or ()} - {None}:
+            pipe.delete(keys.job_partial(tenant, event_type, job_id))
     if ids:  # no longer work ahead of anyone (a single event's job has no entry: a no-op)
         pipe.hdel(keys.pending_events(), *(eta.pending_entry(tenant, j) for j in ids))
     replies = pipe.execute()
@@ -246,44 +276,64 @@ def callback_urls(r: redis.Redis, tenant: str, job_ids: Sequence[str]) -> dict[s
     return {j: url.decode() for j, url in zip(job_ids, pipe.execute()) if url}
 
 
-# Records a job's progress (ARGV[1] events done), counts the events done since the last
-# progress, and the time since then (or since the job started), in the jobs lane's
-# throughput, and updates the job's pending entry, if it has one (tasks.eta). A redelivered
-# job's progress starts again from 0: it counts no events until it passes what its first
-# delivery reached, and its entry says what is left.
-# KEYS: job, pending-events, judged:jobs, judging-ms:jobs.
-# ARGV: done, entry, now (epoch s, float), ttl, kept, window.
-_PROGRESS = lua.text("count_judged", "job_progress")
+# Records a job's progress (ARGV[1] events done, at ARGV[2]) in its hash; answers what it had
+# before: {done, progress_at (or started_at, or now), total}. KEYS: job.
+_PROGRESS = lua.text("job_progress")
+# Counts the events done since the last progress, and the time since then (or since the job
+# started), in the jobs lane's throughput, and updates the job's pending entry, if it has one
+# (tasks.eta). KEYS: pending-events, judged:jobs, judging-ms:jobs ({work}). ARGV: entry,
+# events, milliseconds, epoch second, ttl, kept, window, events left.
+_PENDING_PROGRESS = lua.text("count_judged", "pending_progress")
 
 
 def set_progress(r: redis.Redis, tenant: str, job_id: str, done: int) -> None:
-    """The job's events done so far; also what tasks.eta measures and counts ahead."""
-    r.register_script(_PROGRESS)(
-        keys=[keys.job(tenant, job_id), keys.pending_events(), keys.judged(eta.JOBS),
-              keys.judging_ms(eta.JOBS)],
-        args=[done, eta.pending_entry(tenant, job_id), repr(time.time()), eta.BUCKETS_TTL_S,
-              eta.BUCKETS_KEPT, eta.WINDOW_S])
+    """The job's events done so far; also what tasks.eta measures and counts ahead.
+
+    Two scripts, the job's slot then {work}'s (one script on a cluster touches one slot). A
+    crash between them loses these events from the lane's throughput (a minute's estimate)
+    and leaves the pending entry's count of events left stale until the job's next progress
+    or its finish, which drops the entry (or the sweep): nothing wrong for good. A
+    redelivered job's progress starts again from 0: it counts no events until it passes what
+    its first delivery reached, and its entry says what is left.
+    """
+    at = time.time()
+    before, since, total = lua.run(r, _PROGRESS, [keys.job(tenant, job_id)], [done, repr(at)])
+    counted = max(done - int(before), 0)
+    lua.run(r, _PENDING_PROGRESS,
+            [keys.pending_events(), keys.judged(eta.JOBS), keys.judging_ms(eta.JOBS)],
+            [eta.pending_entry(tenant, job_id), counted,
+             max(0, math.floor((at - float(since)) * 1000)), math.floor(at), eta.BUCKETS_TTL_S,
+             eta.BUCKETS_KEPT, eta.WINDOW_S, max(int(total) - done, 0)])
 
 
 def drop_finished_pending(r: redis.Redis) -> int:
     """Drop the pending entries (tasks.eta) of jobs that finished, were cancelled or are gone
-    (expired, or stored but never run); how many. Beat's sweep calls it, so an entry whose
+    (expired, or never stored: see _create); how many. Beat's sweep calls it, so an entry whose
     job ended without dropping it (a worker that died between two steps) is gone within
-    EVENTS_SWEEP_S rather than counted ahead for good."""
-    entries = [e.decode() for e in r.hkeys(keys.pending_events())]
+    EVENTS_SWEEP_S rather than counted ahead for good. An entry without its job is dropped
+    only once PENDING_GRACE_S old: its job may be being stored right now."""
+    entries = {e.decode(): v.decode() for e, v in r.hgetall(keys.pending_events()).items()}
     if not entries:
         return 0
     pipe = r.pipeline(transaction=False)
     for entry in entries:
         tenant, job_id = inbox.parse(entry)
         pipe.hget(keys.job(tenant, job_id), "status")
-    ended = [entry for entry, status in zip(entries, pipe.execute())
-             if status is None or status.decode() in FINISHED]
+    young = now() - PENDING_GRACE_S
+    ended = [entry for (entry, value), status in zip(entries.items(), pipe.execute())
+             if (status is None and float(value.split(" ", 1)[0]) < young)
+             or (status is not None and status.decode() in FINISHED)]
     return int(r.hdel(keys.pending_events(), *ended)) if ended else 0
 
 
 def cancel_job(r: redis.Redis, tenant: str, job_id: str) -> str | None:
-    """Cancel a queued or running job. Returns the status it has now (None: no such job)."""
-    status = r.eval(_CANCEL, 2, keys.job(tenant, job_id), keys.pending_events(), now(),
-                    eta.pending_entry(tenant, job_id))
+    """Cancel a queued or running job. Returns the status it has now (None: no such job).
+
+    The job's slot first, then its pending entry ({work}): a queued job's entry goes with it;
+    a running one's stays until its worker stops (tasks.eta: it still holds the worker until
+    then). A crash between the two leaves the entry of a cancelled job, which the sweep drops.
+    """
+    status, was = lua.run(r, _CANCEL, [keys.job(tenant, job_id)], [now()])
+    if was == b"queued":
+        r.hdel(keys.pending_events(), eta.pending_entry(tenant, job_id))
     return status.decode() if status else None

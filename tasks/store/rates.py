@@ -29,5 +29,4 @@ def current_window(tenant: str) -> str:
 
 def count_request(r: redis.Redis, tenant: str) -> int:
     """Count one request of the tenant's in the current window; returns the window's count."""
-    return int(r.register_script(_COUNT_REQUEST)(keys=[current_window(tenant)],
-                                                 args=[RATE_WINDOW_TTL_S]))
+    return int(lua.run(r, _COUNT_REQUEST, [current_window(tenant)], [RATE_WINDOW_TTL_S]))

@@ -56,7 +56,7 @@ def test_a_finished_job_expires_whole_and_keeps_its_verdicts_compact(alpha, even
     left = {key.decode(): r.ttl(key) for key in r.scan_iter(match=f"*{job_id}*", count=1000)}
     assert keys.job("alpha", job_id) in left and keys.job_results("alpha", job_id) in left
     assert keys.job_events("alpha", job_id) not in left
-    assert keys.job_partial("alpha", job_id) not in left
+    assert keys.job_partial("alpha", event_type, job_id) not in left
     # Every key of the job expires (-1 would be never), within the configured TTL.
     assert all(settings.job_ttl_s - 120 < ttl <= settings.job_ttl_s for ttl in left.values()), left
 

@@ -1,10 +1,10 @@
--- KEYS[11..]: markers of further batches merged together with this one (a micro-batch's
+-- KEYS[9..]: markers of further batches merged together with this one (a micro-batch's
 -- jobs): all or none of them are merged.
-for k = 11, #KEYS do
+for k = 9, #KEYS do
   if redis.call('EXISTS', KEYS[k]) == 1 then return 0 end
 end
 if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end
-for k = 11, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
+for k = 9, #KEYS do redis.call('SET', KEYS[k], '1', 'EX', ARGV[1]) end
 local history_max = tonumber(ARGV[2])
 local sqrt = math.sqrt
 local alpha, clip, warm = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
@@ -47,7 +47,7 @@ end
 local reseeds = cjson.decode(ARGV[11])
 for field, values in pairs(cjson.decode(ARGV[8])) do
   local n, ref, mean, var = 0, values[1], 0, 0
-  local current = redis.call('HGET', KEYS[7], field)
+  local current = redis.call('HGET', KEYS[6], field)
   if current then n, ref, mean, var = moments(current) end
   if not (finite(ref) and finite(mean) and finite(var)) then  -- made inf or nan before
     n, ref, mean, var = 0, values[1], 0, 0                    -- values were bounded
@@ -77,9 +77,9 @@ for field, values in pairs(cjson.decode(ARGV[8])) do
   end
   ref, mean = rebased(ref, mean)
   if finite(ref) and finite(mean) and finite(var) then  -- as the all-time moments
-    redis.call('HSET', KEYS[7], field, moments_text(n, ref, mean, var))
+    redis.call('HSET', KEYS[6], field, moments_text(n, ref, mean, var))
   end
-  redis.call('HSET', KEYS[8], field, string.format('%.17g', values[#values]))
+  redis.call('HSET', KEYS[7], field, string.format('%.17g', values[#values]))
 end
 local rows = #ARGV - i + 1
 local j = i
@@ -92,17 +92,16 @@ if rows > 0 then
   redis.call('LTRIM', KEYS[3], -history_max, -1)
   redis.call('INCRBY', KEYS[4], rows)
 end
-redis.call('HINCRBY', KEYS[5], ARGV[3], rows)
-redis.call('SADD', KEYS[6], ARGV[4] .. ':' .. ARGV[3])
+redis.call('HINCRBY', KEYS[5], 'accepted', rows)
 -- Invalid events: counted, and the latest kept for the UI.
 local flagged = cjson.decode(ARGV[9])
 if #flagged > 0 then
   for k = 1, #flagged, 1000 do
     local chunk = {}
     for m = k, math.min(k + 999, #flagged) do chunk[#chunk + 1] = cjson.encode(flagged[m]) end
-    redis.call('RPUSH', KEYS[9], unpack(chunk))
+    redis.call('RPUSH', KEYS[8], unpack(chunk))
   end
-  redis.call('LTRIM', KEYS[9], -ARGV[10], -1)
-  redis.call('HINCRBY', KEYS[10], ARGV[3], #flagged)
+  redis.call('LTRIM', KEYS[8], -ARGV[10], -1)
+  redis.call('HINCRBY', KEYS[5], 'invalid', #flagged)
 end
 return 1

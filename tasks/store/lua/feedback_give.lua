@@ -49,10 +49,10 @@ if was ~= now then
     redis.call('RPUSH', KEYS[4], ARGV[5])
     redis.call('LTRIM', KEYS[4], -tonumber(ARGV[8]), -1)
     redis.call('INCR', KEYS[5])
-    redis.call('HINCRBY', KEYS[6], ARGV[9], 1)
+    redis.call('HINCRBY', KEYS[6], 'accepted', 1)
   else
     redis.call('LREM', KEYS[4], 1, ARGV[5])
-    redis.call('HINCRBY', KEYS[6], ARGV[9], -1)
+    redis.call('HINCRBY', KEYS[6], 'accepted', -1)
   end
 end
 -- Spliced into the JSON as text: cjson.encode would round timestamps to 14 digits.
