@@ -253,7 +253,7 @@ def test_exceeding_the_rate_limit_is_429_with_retry_after(app_with, worker, redi
     # Windows expire: counters do not pile up in Redis, one per second forever. (TTL -1: a
     # key without expiry; -2: gone already, between the scan and the TTL.)
     r = redis_server.client()
-    ttls = [r.ttl(w) for w in r.scan_iter("vigil:alpha:rate:*")]
+    ttls = [r.ttl(w) for w in r.scan_iter(keys.rate_window("alpha", "*"))]
     assert ttls and -1 not in ttls and max(ttls) <= 2, ttls
     # The limit is per second: the next window answers again.
     time.sleep(1.1)
