@@ -46,7 +46,7 @@ test: install
 CLUSTER_TESTS := $(addprefix tests/integration/,test_baseline_store.py test_counted_once.py \
 	test_episodes.py test_eta.py test_fast_submit.py test_feedback_loop.py test_http_errors.py \
 	test_inbox.py test_key_slots_written.py test_level_shift.py test_retention.py \
-	test_security.py test_verdicts_flow.py test_webhooks.py)
+	test_security.py test_store_steps.py test_verdicts_flow.py test_webhooks.py)
 
 test-cluster: install
 	VIGIL_TEST_STORE=cluster $(VENV)/bin/python -m pytest $(CLUSTER_TESTS)

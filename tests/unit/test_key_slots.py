@@ -60,3 +60,14 @@ def test_keys_of_two_slots_in_one_call_are_refused():
         keys.check_one_slot([keys.job("acme", "1"), keys.events_inbox()])
     with pytest.raises(keys.CrossSlot):
         keys.check_one_slot([keys.baseline("acme", "a"), keys.baseline("acme", "b")])
+
+
+def test_the_store_refuses_a_cross_slot_script_before_sending_it():
+    import redis
+
+    from core.localredis import free_port
+    from tasks.store import lua
+
+    nobody = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # sending would fail
+    with pytest.raises(keys.CrossSlot):
+        lua.run(nobody, "return 1", [keys.job("acme", "1"), keys.events_inbox()])
