@@ -296,6 +296,9 @@ def banner(settings: Settings, *, port: int, flower_port: int, flower_auth: str,
         f"http://127.0.0.1:{flower_port}/metrics)",
         f"  Redis      {redis_url}",
     ]
+    if settings.store_url:  # VIGIL_STORE_URL: the store is elsewhere (a cluster, docs/cluster.md)
+        cluster = " (Redis Cluster)" if settings.store_cluster else ""
+        lines.append(f"  Store      {settings.store_url}{cluster}")
     if settings.using_dev_key:
         lines.append(f"  API key    {DEV_API_KEY}  -- WARNING: development only, "
                      "set VIGIL_API_KEYS for anything else")

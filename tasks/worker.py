@@ -6,7 +6,7 @@ from celery.signals import worker_init
 
 from core.config import Settings
 from tasks import create_celery, keymigration
-from tasks.context import redis_client
+from tasks.context import redis_client, through_outages
 
 app = create_celery(Settings.from_env())
 app.set_default()
@@ -23,4 +23,4 @@ def _yield_cpu_to_the_api(**_) -> None:
 def _store_keys_current(**_) -> None:
     """Before a worker takes any task: a store written by an older Vigil gets today's key names
     (tasks.keymigration; once, under a lock; a single GET once done)."""
-    keymigration.ensure(redis_client())
+    through_outages(lambda: keymigration.ensure(redis_client()), "migrate store keys")
