@@ -34,6 +34,8 @@ test: install
 		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	@command -v promtool >/dev/null 2>&1 || \
 		(apt-get update -q && apt-get install -y -q prometheus)
+	@command -v haproxy >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q haproxy)
 	$(VENV)/bin/python -m pytest
 
 lint: install
