@@ -5,17 +5,18 @@
 Starts Vigil as separate groups of processes, each in a control group of its own
 (benchmarks.cgroups): Redis (one redis-server, store and broker), the API (uWSGI, 2
 processes), the events worker (1 process, drains the single-event inbox) and the jobs worker
-group (Celery workers on the default queue, one process each). Then:
+group (two Celery workers on the default queue, one process each). Then:
 
 1. single events for a while (make bench's client: 16 submitters, verdicts read 100 at a time);
-2. 1,000-event jobs with the jobs worker group at 1 process, capped at --worker-core of a core;
-3. the same with a second jobs worker process (the group's cap doubled).
+2. 1,000-event jobs in four rounds, with 1, 2, 1 and 2 jobs worker processes consuming (the
+   second stops and resumes consuming: Celery's cancel_consumer / add_consumer), the group
+   capped at --worker-core of a core per process consuming.
 
 From each phase, CPU seconds per event of each group (from /proc: robust to other work on a
 shared machine, unlike events/s) and Redis memory per event kept; from those, events/s per
 API core, per worker core and per Redis shard, and the hosts and shards for 10k, 100k and 1M
 events/s (benchmarks.capacity_model, docs/capacity.md). The check: throughput at 1 and 2
-worker processes predicted from the 1-process phase's CPU per event, printed beside the
+worker processes predicted from the 1-process rounds' CPU per event, printed beside the
 measured figures. The cap makes the worker group, not the shared machine, the limit, so that
 adding a process has something to show. Figures only: nothing is asserted.
 """
@@ -26,6 +27,7 @@ import argparse
 import contextlib
 import math
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -53,10 +55,13 @@ from benchmarks.run_all import (
     wait_inbox_empty,
 )
 from benchmarks.stack import Processes, Started, child_env
+from core.config import Settings
 from core.server import PROCESSES as API_PROCESSES
-from tasks import WORKER_ARGS
+from tasks import WORKER_ARGS, create_celery
 
-SECONDS = {"warmup": 3, "single": 10, "batch": 15}
+SECONDS = {"warmup": 3, "single": 10, "batch": 12}
+ROUNDS = (1, 2, 1, 2)  # jobs worker processes consuming, round by round
+JOBS_WORKERS = ("worker1", "worker2")
 WORKER_CORE = 0.1  # CPU cap per jobs worker process: 2 of them + the rest fit on 2 shared cores
 # 1,000-event jobs in flight per jobs worker process: one judged, two waiting, so no process
 # waits for the client. Per process, so that a job waits as long (and is polled as often, API
@@ -132,49 +137,70 @@ def phase(name: str, work, redis_url: str, groups: Groups, cgroup: Path | None,
                     groups.throttled_s(cgroup) - throttled, workers)
 
 
+def combined(name: str, parts: list[Measured]) -> Measured:
+    """Rounds of one setting as one phase: CPU, events and time added up."""
+    cpu: dict[str, float] = {}
+    for m in parts:
+        for role, used in m.phase.cpu.items():
+            cpu[role] = cpu.get(role, 0.0) + used
+    events = sum(m.phase.events for m in parts)
+    result = load.Throughput(events=events, elapsed_s=sum(m.phase.result.elapsed_s for m in parts))
+    return Measured(Phase(name, result, cpu, events),
+                    sum(m.redis_bytes * m.phase.events for m in parts) / max(events, 1),
+                    sum(m.throttled_s for m in parts), parts[0].workers)
+
+
 def bench(procs: Processes, groups: Groups, scale: float, worker_core: float, out: dict) -> None:
     """Runs the phases, filling `out` as they end (a failed run still reports what it got)."""
     group = {name: groups.make(name) for name in ("redis", "api", "events", "workers")}
     redis_url = procs.start_redis("redis", group["redis"])
     env = child_env(REDIS_URL=redis_url, **NO_RATE_LIMIT)
-    log("starting the API, the events worker and 1 jobs worker, each group in its own cgroup")
+    log("starting the API, the events worker and 2 jobs workers, each group in its own cgroup")
     api = procs.start_server("api", "api.wsgi:app", group["api"], REDIS_URL=redis_url,
                              **NO_RATE_LIMIT)
     celery_worker(procs, "events", WORKER_ARGS["events"], env, group["events"])
     jobs_args = ["-Q", "celery", "--concurrency", "1", "--prefetch-multiplier", "1"]
-    celery_worker(procs, "worker1", jobs_args, env, group["workers"])
-    wait_workers(api, 2)
+    for name in JOBS_WORKERS:
+        celery_worker(procs, name, jobs_args, env, group["workers"])
+    wait_workers(api, 1 + len(JOBS_WORKERS))
+    control = create_celery(Settings(redis_url=redis_url)).control
 
     log(f"seeding: {MAIN_TYPE}, {HISTORY_ROWS:,} rows (uncapped)")
     import_history(api.url, MAIN_TYPE, load.history(HISTORY_ROWS))
     jobs, singles = load.job_bodies(MAIN_TYPE, 16), load.event_bodies(MAIN_TYPE, 5000)
     warm = SECONDS["warmup"] * scale
-    run(load.batch_stream(api.url, jobs, warm, in_flight=IN_FLIGHT_PER_WORKER))
+    # Every process loads the model before anything is measured.
+    run(load.batch_stream(api.url, jobs, warm, in_flight=2 * IN_FLIGHT_PER_WORKER))
     run(load.single_stream(api.url, singles, warm, submitters=4))
     wait_idle(redis_url)
 
-    out.update(worker_core=worker_core, capped=groups.available)
+    out.update(worker_core=worker_core, capped=groups.available, rounds=[])
     log("1. single events")
     out["single"] = phase("single events", lambda: run(load.single_stream(
         api.url, singles, SECONDS["single"] * scale)), redis_url, groups, group["events"], 0)
     wait_inbox_empty(redis_url)
     wait_idle(redis_url)
 
-    for workers in (1, 2):
-        if workers == 2:
-            log("adding a second jobs worker process")
-            celery_worker(procs, "worker2", jobs_args, env, group["workers"])
-            wait_workers(api, 3)
+    # 1, 2, 1, 2 processes: the machine's speed drifts (other people's work), and alternating
+    # spreads the drift over both settings instead of giving it to one.
+    second = f"{JOBS_WORKERS[1]}@{socket.gethostname()}"
+    for k, workers in enumerate(ROUNDS):
+        # The second process stays up (its model loaded) and stops or resumes consuming.
+        if workers == 1:
+            control.cancel_consumer("celery", destination=[second], reply=True, timeout=5)
+        else:
+            control.add_consumer("celery", destination=[second], reply=True, timeout=5)
         groups.cap(group["workers"], workers * worker_core)
-        # The new process loads the model; both settle under the cap.
         in_flight = workers * IN_FLIGHT_PER_WORKER
-        run(load.batch_stream(api.url, jobs, warm, in_flight=in_flight, poll_s=POLL_S))
-        wait_idle(redis_url)
-        log(f"2. 1,000-event jobs, {workers} jobs worker process(es)")
-        out[f"batch{workers}"] = phase(f"jobs, {workers} worker", lambda n=in_flight: run(
+        log(f"2. 1,000-event jobs, {workers} jobs worker process(es), round {k + 1}/{len(ROUNDS)}")
+        out["rounds"].append(phase(f"jobs, {workers} worker #{k // 2 + 1}", lambda n=in_flight: run(
             load.batch_stream(api.url, jobs, SECONDS["batch"] * scale, in_flight=n, poll_s=POLL_S)),
-            redis_url, groups, group["workers"], workers)
+            redis_url, groups, group["workers"], workers))
         wait_idle(redis_url)
+    for workers in (1, 2):
+        parts = [m for m in out["rounds"] if m.workers == workers]
+        if parts:
+            out[f"batch{workers}"] = combined(f"jobs, {workers} worker, all", parts)
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -184,17 +210,19 @@ def costs_of(m: Measured, worker_groups: tuple[str, ...]) -> model.Costs:
                        redis=m.cpu_s("redis"), redis_bytes=max(0.0, m.redis_bytes))
 
 
-def prediction(base: Measured, workers: int, worker_core: float | None,
-               others_cores: float) -> tuple[float, str]:
+def prediction(base: Measured, workers: int, worker_core: float | None) -> tuple[float, str]:
     """Events/s of the batch path with `workers` jobs worker processes, from base's CPU per
-    event: each group's cores over its CPU per event, the slowest group sets the rate."""
+    event: each group's cores over its CPU per event, the slowest group sets the rate. The
+    machine's cores bound everything this benchmark runs together (the load generator too);
+    other people's work on them is not subtracted: under fair scheduling it takes what is
+    left, so what it took is no measure of what it would yield."""
     total = sum(base.cpu_s(g) for g in GROUPS)
     worker_cores = workers * worker_core if worker_core else float(workers)
     return model.predicted_rate({
         "jobs workers": (worker_cores, base.cpu_s("worker")),
         "API": (float(API_PROCESSES), base.cpu_s("api")),
         "Redis": (1.0, base.cpu_s("redis")),
-        "machine": (max(MACHINE_CORES - others_cores, 0.01), total),
+        "machine": (float(MACHINE_CORES), total),
     })
 
 
@@ -216,8 +244,8 @@ def report(out: dict, started: datetime, header: str, uptimes: tuple[str, str],
     worker_core = out["worker_core"] if out["capped"] else None
     add(f"groups, each in its own cgroup: Redis (1 redis-server: store and broker), API (uWSGI, "
         f"{API_PROCESSES} processes), events worker")
-    add("  (1 process), jobs workers (Celery -Q celery --concurrency 1 each, 1 then 2); "
-        + (f"the jobs worker group capped at {worker_core:.2f} core per process (CPU quota)"
+    add("  (1 process), jobs workers (Celery -Q celery --concurrency 1 each, 1 or 2 consuming); "
+        + (f"the jobs worker group capped at {worker_core:.2f} core per process (CPU quota, raised weight)"
            if worker_core else "NOT capped: no cgroup could be made here (needs root)"))
     add("  VIGIL_RATE_LIMIT=0, otherwise defaults; load generator on the same cores (make bench's client).")
     add("-" * width)
@@ -227,7 +255,8 @@ def report(out: dict, started: datetime, header: str, uptimes: tuple[str, str],
         "summed over CPUs)")
     add(f"   {'phase':20}{'events':>9}{'wall s':>8}{'events/s':>10}"
         + "".join(f"{g:>8}" for g in GROUPS) + f"{'others':>8}{'capped s':>10}{'Redis B/event':>15}")
-    phases = [out[k] for k in ("single", "batch1", "batch2") if k in out]
+    phases = [out[k] for k in ("single",) if k in out] + out.get("rounds", []) \
+        + [out[k] for k in ("batch1", "batch2") if k in out]
     for m in phases:
         add(f"   {m.phase.name:20}{m.phase.events:>9,}{m.phase.cpu.get('wall', 0):>8.1f}"
             f"{fmt_rate(m.per_s):>10}" + "".join(f"{1000 * m.cpu_s(g):>8.3f}" for g in GROUPS)
@@ -251,15 +280,16 @@ def report(out: dict, started: datetime, header: str, uptimes: tuple[str, str],
 
     add("Scaling check: 1,000-event jobs, the jobs worker group at 1 then 2 processes, "
         f"{IN_FLIGHT_PER_WORKER} jobs in flight per")
-    add(f"process, polled every {POLL_S:g} s. Predicted from the 1-process phase's")
+    add(f"process, polled every {POLL_S:g} s, rounds of 1, 2, 1, 2 processes added up. Predicted from "
+        "the 1-process rounds'")
     add("CPU per event: each group sustains (its cores) / (its CPU s per event), the slowest sets the "
         "rate; jobs workers:")
     add(f"{'one core per process' if worker_core is None else f'{worker_core:.2f} core per process'}; "
-        f"API: {API_PROCESSES} cores; Redis: 1; machine: {MACHINE_CORES} cores less the 'others' measured "
-        "in that phase, over all groups' CPU.")
+        f"API: {API_PROCESSES} cores; Redis: 1; machine: {MACHINE_CORES} cores over every group's CPU, "
+        "load generator included.")
     add(f"   {'':36}{'1 process':>14}{'2 processes':>14}{'2 / 1':>10}")
     base = out["batch1"]
-    preds = [prediction(base, m.workers, worker_core, m.others_cores)
+    preds = [prediction(base, m.workers, worker_core)
              for m in (out["batch1"], out.get("batch2")) if m is not None]
     got = [m.per_s for m in (out["batch1"], out.get("batch2")) if m is not None]
 
@@ -269,15 +299,15 @@ def report(out: dict, started: datetime, header: str, uptimes: tuple[str, str],
     def times(a: list[float]) -> str:
         return f"{a[1] / a[0]:.2f}x" if len(a) == 2 and a[0] > 0 else ""
 
-    row("predicted events/s", [fmt_rate(p[0]) for p in preds], times([p[0] for p in preds]))
+    row("predicted (1-process CPU per event)", [fmt_rate(p[0]) for p in preds], times([p[0] for p in preds]))
     row("limited by (predicted)", [p[1] for p in preds])
     row("measured events/s", [fmt_rate(g) for g in got], times(got))
     row("measured / predicted", [f"{g / p[0]:.2f}" if p[0] else "n/a" for g, p in zip(got, preds)])
     # The same arithmetic on each phase's own CPU per event: what is left between this and the
     # measured figure is the model's; what is between the two predictions, the cost moving.
-    own = [prediction(m, m.workers, worker_core, m.others_cores)
+    own = [prediction(m, m.workers, worker_core)
            for m in (out["batch1"], out.get("batch2")) if m is not None]
-    row("predicted from the phase's own CPU", [fmt_rate(p[0]) for p in own], times([p[0] for p in own]))
+    row("predicted (its own CPU per event)", [fmt_rate(p[0]) for p in own], times([p[0] for p in own]))
     row("jobs worker CPU ms/event", [f"{1000 * m.cpu_s('worker'):.4f}"
                                      for m in (out["batch1"], out.get("batch2")) if m is not None])
     add("-" * width)

@@ -57,15 +57,20 @@ class Groups:
         return path
 
     def cap(self, group: Path | None, cores: float | None) -> None:
-        """Limit the group to `cores` of CPU time (None: no limit)."""
+        """Limit the group to `cores` of CPU time (None: no limit), and let it have that much
+        first: its weight against other work is raised eightfold (cgroup v1 cpu.shares,
+        v2 cpu.weight), so that on a busy machine the cap, not the other work, is what holds
+        the group back. The cap bounds what the weight can take from anyone else."""
         if group is None:
             return
         quota = -1 if cores is None else max(1000, round(cores * PERIOD_US))
         if self.v2:
             (group / "cpu.max").write_text(f"{'max' if quota < 0 else quota} {PERIOD_US}")
+            (group / "cpu.weight").write_text("100" if quota < 0 else "800")
         else:
             (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
             (group / "cpu.cfs_quota_us").write_text(str(quota))
+            (group / "cpu.shares").write_text("1024" if quota < 0 else "8192")
 
     def throttled_s(self, group: Path | None) -> float:
         """Seconds the group's processes were held back by its cap so far."""
