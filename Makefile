@@ -13,7 +13,7 @@ help:
 	@echo "  lint       ruff check"
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
-	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~3 min)"
+	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
