@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test test-cluster lint eval bench bench-servers fuzz soak clean distclean
+.PHONY: help install run test test-cluster lint eval bench bench-servers bench-capacity fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -14,6 +14,7 @@ help:
 	@echo "  lint       ruff check"
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
+	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
@@ -34,6 +35,8 @@ test: install
 		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	@command -v promtool >/dev/null 2>&1 || \
 		(apt-get update -q && apt-get install -y -q prometheus)
+	@command -v haproxy >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q haproxy)
 	$(VENV)/bin/python -m pytest
 	$(MAKE) --no-print-directory test-cluster
 
@@ -66,6 +69,9 @@ bench: install
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers
+
+bench-capacity: install
+	$(VENV)/bin/python -m benchmarks.capacity
 
 fuzz: install
 	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging
