@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval bench bench-servers fuzz soak clean distclean
+.PHONY: help install run test lint eval bench bench-fairness bench-servers fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -12,6 +12,7 @@ help:
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
+	@echo "  bench-fairness  make bench's fair-tenants phase alone: one tenant's backlog next to another's trickle (~2 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
@@ -47,6 +48,9 @@ distclean: clean
 
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
+
+bench-fairness: install
+	$(VENV)/bin/python -m benchmarks.fairness
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers
