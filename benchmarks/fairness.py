@@ -46,6 +46,7 @@ B_RATE = 50.0
 B_JOB_EVENTS = 10
 B_JOB_EVERY_S = 1.0
 SECONDS = {"b_alone": 15.0, "warmup": 2.0}
+ROUNDS = 2
 GOALS = {"b_p99_s": 1.0, "a_drop": 0.10}
 # The roles of benchmarks.stack.role_of, as the CPU lines print them.
 ROLES = {"api": ("api",), "worker": ("worker",), "events": ("events",), "redis": ("redis",),
@@ -247,8 +248,19 @@ def small_job_bodies(n: int) -> list[bytes]:
             for k in range(0, len(evs), B_JOB_EVENTS)]
 
 
+def pooled(before: Figures | None, more: Figures) -> Figures:
+    """Two rounds of a phase as one: times pooled, A's events and span added up."""
+    if before is None:
+        return more
+    return Figures(before.b_single_s + more.b_single_s, before.b_job_s + more.b_job_s,
+                   before.a_events + more.a_events, before.a_span_s + more.a_span_s,
+                   {k: before.cpu.get(k, 0.0) + more.cpu.get(k, 0.0)
+                    for k in {*before.cpu, *more.cpu}},
+                   before.b_sent + more.b_sent, before.b_unfinished + more.b_unfinished)
+
+
 def bench_fairness(procs: Processes, scale: float, results: dict,
-                   weights: str | None = None) -> None:
+                   weights: str | None = None, rounds: int = ROUNDS) -> None:
     """Start a stack with tenants A and B, run the three phases, and leave the figures in
     ``results["fair"]`` (phase name -> Figures)."""
     from benchmarks.run_all import log, wait_idle
@@ -272,15 +284,18 @@ def bench_fairness(procs: Processes, scale: float, results: dict,
               b_singles=b_singles, b_jobs=b_jobs)
     wait_idle(redis_url)
     found: dict[str, Figures] = {}
-    for name, a, with_b in (("B alone", 0, True), ("A alone", a_jobs, False),
-                            ("A and B", a_jobs, True)):
+    # A alone and A with B alternate, ROUNDS times: the machine is shared, and its other load
+    # moves from minute to minute; each phase's figures are pooled over its rounds.
+    plan = [("B alone", 0, True)] + [("A alone", a_jobs, False), ("A and B", a_jobs, True)] * rounds
+    for name, a, with_b in plan:
         log(f"fair tenants: {name}")
         phase = run_phase(stack.url, r, a_jobs=a, with_b=with_b,
                           b_seconds=SECONDS["b_alone"] * scale, a_bodies=a_bodies,
                           b_singles=b_singles, b_jobs=b_jobs)
-        found[name] = figures(r, phase)
+        found[name] = pooled(found.get(name), figures(r, phase))
         wait_idle(redis_url)
     results["fair"] = found
+    results["fair_rounds"] = rounds
     results["fair_weights"] = weights
     procs.stop(stack)
 
@@ -303,14 +318,17 @@ def report_lines(results: dict, width: int = 110) -> list[str]:
         return []
     lines = []
     add = lines.append
-    a_jobs = round(found["A alone"].a_events / A_PER_JOB) if "A alone" in found else 0
+    rounds = results.get("fair_rounds", 1)
+    a_jobs = round(found["A alone"].a_events / A_PER_JOB / rounds) if "A alone" in found else 0
     add(f"5. Fair tenants: A queues {a_jobs * A_PER_JOB:,} events in {A_PER_JOB:,}-event jobs "
         f"(POST /v1/jobs, {A_IN_FLIGHT} uploads at a time);")
     add(f"   B sends single events at {B_RATE:g}/s (open loop) and a {B_JOB_EVENTS}-event job every "
         f"{B_JOB_EVERY_S:g} s. Time to verdict: the job hash's created_at")
     add("   to finished_at (server-side). With A: B's jobs created while A's backlog drained "
         "(A's first created_at to last")
-    add("   finished_at). A's throughput: its events over that span."
+    add(f"   finished_at). A's throughput: its events over that span. A alone and A with B "
+        f"alternate, {rounds} rounds each, pooled.")
+    add("  "
         + (f" VIGIL_TENANT_WEIGHTS={results['fair_weights']}." if results.get("fair_weights")
            else " Weights: all 1 (VIGIL_TENANT_WEIGHTS unset)."))
     add(f"   {'':40}{'p50':>11}{'p99':>11}{'max':>11}{'n':>8}")
@@ -338,6 +356,11 @@ def report_lines(results: dict, width: int = 110) -> list[str]:
     add(f"   {'B p99 (singles and jobs) while A drains':56}{ms(b99):>12}   {'< 1 s':>10}  {met}")
     met = "n/a" if drop != drop else ("met" if drop < GOALS["a_drop"] else "NOT MET")
     add(f"   {'A throughput drop with B':56}{drop * 100:>11.1f}%   {'< 10%':>10}  {met}")
+    busy = ", ".join(
+        f"{phase} {sum(v for k, v in fig.cpu.items() if k not in ('wall', 'others')) / fig.cpu['wall']:.2f}"
+        f" (rest of the machine {fig.cpu.get('others', 0) / fig.cpu['wall']:.2f})"
+        for phase, fig in found.items() if fig.cpu.get("wall"))
+    add(f"   Cores busy on average, this benchmark's processes: {busy}")
     b_alone = found.get("B alone")
     if b_alone:
         n = len(b_alone.b_single_s) + len(b_alone.b_job_s)
@@ -353,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiply B's phase and (up to 1) A's backlog, for a quick look")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help="rounds of (A alone, A and B), alternating; figures pooled")
     parser.add_argument("--weights", default=None,
                         help="VIGIL_TENANT_WEIGHTS for the stack, e.g. fair-a:3,fair-b:1")
     args = parser.parse_args(argv)
@@ -360,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = Processes()
     code = 0
     try:
-        bench_fairness(procs, args.time_scale, results, args.weights)
+        bench_fairness(procs, args.time_scale, results, args.weights, args.rounds)
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         code = 130
