@@ -148,8 +148,15 @@ def tenant_inbox_claimed(tenant: str) -> str:
 
 def events_ring() -> str:
     """Set: tenants whose inbox has (or may have) entries: the events worker's round goes over
-    these (tasks.inbox)."""
-    return f"{PREFIX}:events-ring"
+    these (tasks.inbox). Shares its hash tag with events_draining: one script reads both."""
+    return f"{PREFIX}:{{events-ring}}:tenants"
+
+
+def events_draining() -> str:
+    """String (expiring): an events worker is draining and will look at the ring again soon
+    (tasks.micro_batch lingers after the ring empties); while it exists, the API sends no wake
+    message for a tenant that joins an empty ring."""
+    return f"{PREFIX}:{{events-ring}}:draining"
 
 
 def job_queue(tenant: str) -> str:

@@ -58,9 +58,11 @@ end
 return {#lapsed, redis.call('LLEN', KEYS[1])}
 """
 
-# Adds a tenant to a ring (a set); answers 1 if the ring was empty before (wake a worker).
+# Adds a tenant to the ring (a set); answers 1 if the ring was empty before and no worker is
+# draining (KEYS[2]): a worker must be woken.
 _JOIN = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1
+   and redis.call('EXISTS', KEYS[2]) == 0 then
   return 1
 end
 return 0
@@ -81,8 +83,22 @@ def parse(raw: bytes | str) -> tuple[str, str]:
 
 def join_ring(r: redis.Redis, tenant: str) -> bool:
     """Put the tenant in the ring of tenants with single events waiting; True if the ring was
-    empty (the caller must then wake the events worker)."""
-    return bool(r.register_script(_JOIN)(keys=[keys.events_ring()], args=[tenant]))
+    empty and no worker is draining (the caller must then wake the events worker)."""
+    return bool(r.register_script(_JOIN)(keys=[keys.events_ring(), keys.events_draining()],
+                                         args=[tenant]))
+
+
+def draining(r: redis.Redis, for_s: float) -> None:
+    """Say a worker is draining and will look at the ring again within ``for_s`` seconds (an
+    API then sends no wake message); it lapses by itself should the worker die."""
+    r.set(keys.events_draining(), 1, px=max(1, round(for_s * 1000)))
+
+
+def done_draining(r: redis.Redis) -> bool:
+    """The worker stops: withdraw the promise, then look at the ring again (a tenant that
+    joined while it stood sent no wake); True if it must go on draining."""
+    r.delete(keys.events_draining())
+    return active(r)
 
 
 def append(r: redis.Redis, tenant: str, job_id: str) -> bool:

@@ -97,8 +97,9 @@ def test_an_append_racing_a_worker_that_leaves_the_ring_is_not_stranded(r, setti
 
 def test_concurrent_appends_and_a_draining_worker_leave_no_entry_behind(r, settings):
     """Four API threads append for three tenants while a worker thread drains as the events
-    worker does (a wake per message; claims until it finds the ring empty). Once every append
-    is done and every wake handled, every entry was claimed exactly once."""
+    worker does (a wake per message; claims until it finds the ring empty, then lingers a few
+    looks, saying so, before it stops). Once every append is done and every wake handled,
+    every entry was claimed exactly once."""
     wakes: queue.Queue = queue.Queue()
     appended: list[tuple[str, str]] = []
     claimed: list[tuple[str, str]] = []
@@ -114,10 +115,19 @@ def test_concurrent_appends_and_a_draining_worker_leave_no_entry_behind(r, setti
 
     def worker() -> None:
         while wakes.get() == "wake":
+            idle = 0
             while True:
                 batch = inbox.claim(r, 7, time.time() + 60, {"alpha": 2})
                 if not batch and not inbox.active(r):
+                    if idle < 3:  # lingers a few looks, as tasks.micro_batch does
+                        inbox.draining(r, 60)
+                        idle += 1
+                        continue
+                    if inbox.done_draining(r):
+                        idle = 0
+                        continue
                     break
+                idle = 0
                 claimed.extend(batch)
                 inbox.release(r, batch)
 
@@ -142,3 +152,14 @@ def test_entries_of_the_shared_inbox_of_before_move_to_their_tenants(r):
     assert r.llen(keys.events_inbox()) == 0 and r.zcard(keys.events_claimed()) == 0
     assert sorted(inbox.claim(r, 10, time.time() + 60, {})) == [
         ("alpha", "a0"), ("alpha", "a1"), ("beta", "b1")]
+
+
+def test_no_wake_while_a_worker_lingers_and_nothing_is_left_when_it_stops(r, settings):
+    inbox.draining(r, 60)  # a worker found every inbox empty and looks again soon
+    job_id, wake = submit(r, settings)
+    assert wake is False  # the ring was empty, but the lingering worker will see alpha
+    assert inbox.done_draining(r) is True  # stopping, it looks once more: alpha is there
+    assert inbox.claim(r, 10, time.time() + 60, {}) == [("alpha", job_id)]
+    assert inbox.claim(r, 10, time.time() + 60, {}) == []
+    assert inbox.done_draining(r) is False
+    assert submit(r, settings)[1] is True  # nobody draining: the next append wakes a worker
