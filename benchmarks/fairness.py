@@ -8,6 +8,7 @@ One Vigil stack (scripts/run.py, its own Redis) with two tenants, A and B:
 - A alone: A queues A_EVENTS events in 1,000-event jobs (POST /v1/jobs, A_IN_FLIGHT
   uploads at a time) and they drain;
 - A and B: A queues the same backlog while B sends as above, until A's backlog has drained.
+"A alone" and "A and B" alternate ROUNDS times (--rounds), pooled: the machine is shared.
 
 B's time from submit to verdict is read from the job store: each job hash's created_at
 (stored by the API as it accepts the job) and finished_at (stored by the worker with the
@@ -362,6 +363,18 @@ def report_lines(results: dict, width: int = 110) -> list[str]:
         for phase, fig in found.items() if fig.cpu.get("wall"))
     add(f"   Cores busy on average, this benchmark's processes: {busy}")
     b_alone = found.get("B alone")
+    if b_alone and both and both.cpu.get("wall"):
+        # What B's own work takes from A on shared cores: B's CPU per request (measured alone)
+        # times B's requests while A drained, over the CPU this benchmark used meanwhile.
+        per_b = sum(v for k, v in b_alone.cpu.items() if k not in ("wall", "others")) \
+            / max(len(b_alone.b_single_s) + len(b_alone.b_job_s), 1)
+        used = sum(v for k, v in both.cpu.items() if k not in ("wall", "others"))
+        share = per_b * both.b_sent / used if used else math.nan
+        add(f"   B's own work (its CPU per request alone x its {both.b_sent:,} requests) was "
+            f"{share * 100:.0f}% of the CPU used while A drained with B;")
+        add(f"   A's worker CPU per event with B / alone: "
+            f"{cpu_ms(both, ('worker',), both.a_events) / cpu_ms(alone, ('worker',), alone.a_events):.2f}"
+            if alone and alone.a_events and both.a_events else "   A's worker CPU per event: n/a")
     if b_alone:
         n = len(b_alone.b_single_s) + len(b_alone.b_job_s)
         per = ", ".join(f"{role} {cpu_ms(b_alone, roles, n):.2f}" for role, roles in ROLES.items())
