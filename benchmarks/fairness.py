@@ -34,7 +34,8 @@ import redis
 from benchmarks import load
 from benchmarks.stack import Processes, Started, cpu_between, cpu_sample
 from core import keys
-from tasks import WORKER_ARGS, store
+from tasks import WORKER_ARGS
+from tasks.store import jobs as job_store
 
 TENANT_A, KEY_A = "fair-a", "bench-key-a"
 TENANT_B, KEY_B = "fair-b", "bench-key-b"
@@ -146,7 +147,7 @@ async def b_trickle(url: str, singles: list[bytes], job_bodies: list[bytes], unt
 
 
 def statuses(r: redis.Redis, tenant: str, job_ids: list[str]) -> list[dict | None]:
-    return store.get_jobs(r, tenant, job_ids)
+    return job_store.get_jobs(r, tenant, job_ids)
 
 
 def drained(r: redis.Redis, job_ids: list[str], expected: int) -> bool:

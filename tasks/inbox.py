@@ -1,7 +1,7 @@
 """The inboxes of single-event jobs: one Redis list per tenant, drained fairly in micro-batches.
 
 The API stores a single-event job and appends it to its tenant's inbox in one script call
-(tasks.store.create_inbox_job). Only when that append made the inbox non-empty does it add the
+(tasks.tasks.store.jobs.create_inbox_job). Only when that append made the inbox non-empty does it add the
 tenant to the ring of tenants with work (a separate command: a script touches one tenant's keys
 only, the ring is global), and only when that made the ring non-empty does it send the events
 worker a Celery message to wake it.
@@ -33,40 +33,22 @@ from collections.abc import Iterable, Mapping, Sequence
 import redis
 
 from core import keys
+from tasks.store import lua
 
 # The Celery task that drains the inboxes (tasks.micro_batch), routed to the events queue.
 WAKE_TASK = "vigil.validate_events"
 
 # Takes up to ARGV[1] entries from the head of one tenant's inbox and records each as claimed
 # until ARGV[2] (epoch seconds), in one step: an entry is always in one place or the other.
-_CLAIM = """
-local taken = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #taken == 0 then return taken end
-redis.call('LTRIM', KEYS[1], #taken, -1)
-for _, entry in ipairs(taken) do redis.call('ZADD', KEYS[2], ARGV[2], entry) end
-return taken
-"""
+_CLAIM = lua.text("inbox_claim")
 
 # One tenant's claims that lapsed by ARGV[1] go back to the head of its inbox, oldest claim
 # first in line; answers {moved, the inbox's length}.
-_RECLAIM = """
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-for i = #lapsed, 1, -1 do
-  redis.call('ZREM', KEYS[2], lapsed[i])
-  redis.call('LPUSH', KEYS[1], lapsed[i])
-end
-return {#lapsed, redis.call('LLEN', KEYS[1])}
-"""
+_RECLAIM = lua.text("inbox_reclaim")
 
 # Adds a tenant to the ring (a set); answers 1 if the ring was empty before and no worker is
 # draining (KEYS[2]): a worker must be woken.
-_JOIN = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1
-   and redis.call('EXISTS', KEYS[2]) == 0 then
-  return 1
-end
-return 0
-"""
+_JOIN = lua.text("inbox_join")
 
 
 def entry(tenant: str, job_id: str) -> str:
@@ -102,7 +84,7 @@ def done_draining(r: redis.Redis) -> bool:
 
 
 def append(r: redis.Redis, tenant: str, job_id: str) -> bool:
-    """Append a job stored earlier (a new job is appended by store.create_inbox_job as it is
+    """Append a job stored earlier (a new job is appended by tasks.store.jobs.create_inbox_job as it is
     stored): a message of an earlier design, after an upgrade. True if the ring was empty."""
     if r.rpush(keys.tenant_inbox(tenant), job_id) == 1:
         return join_ring(r, tenant)

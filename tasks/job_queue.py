@@ -40,6 +40,7 @@ import redis
 
 from core import keys
 from core.config import Settings
+from tasks.store import lua
 
 # The Celery task that runs the next job (tasks.next_job), on the default queue.
 RUN_TASK = "vigil.run_next_job"
@@ -51,54 +52,24 @@ MAX_PICKS = 16
 
 # Takes the head of one tenant's queue, claimed until ARGV[1]; answers {job id, entries left},
 # or {false, 0} for an empty queue.
-_CLAIM = """
-local job_id = redis.call('LPOP', KEYS[1])
-if not job_id then return {false, 0} end
-redis.call('ZADD', KEYS[2], ARGV[1], job_id)
-return {job_id, redis.call('LLEN', KEYS[1])}
-"""
+_CLAIM = lua.text("job_queue_claim")
 
 # The lowest-scored tenant of the ring, its score becoming the clock; false if none.
-_PICK = """
-local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #head == 0 then return false end
-redis.call('SET', KEYS[2], head[2])
-return head[1]
-"""
+_PICK = lua.text("job_queue_pick")
 
 # A tenant joins the ring at the clock (no-op if it is in it already).
-_JOIN = """
-local clock = redis.call('GET', KEYS[2]) or '0'
-return redis.call('ZADD', KEYS[1], 'NX', clock, ARGV[1])
-"""
+_JOIN = lua.text("job_queue_join")
 
 # A job handed out: ARGV[2] added to the tenant's score, if it is still in the ring.
-_CHARGE = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  redis.call('ZINCRBY', KEYS[1], ARGV[2], ARGV[1])
-end
-return 1
-"""
+_CHARGE = lua.text("job_queue_charge")
 
 # A redelivered task's job: its claim's deadline moved to ARGV[2] if it is still claimed
 # (not put back by the sweep meanwhile); 1 if it was.
-_RESUME = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
-return 1
-"""
+_RESUME = lua.text("job_queue_resume")
 
 # One tenant's claims that lapsed by ARGV[1] go back to the head of its queue, oldest first in
 # line; answers the job ids put back, then the queue's length last.
-_RECLAIM = """
-local lapsed = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 1000)
-for i = #lapsed, 1, -1 do
-  redis.call('ZREM', KEYS[2], lapsed[i])
-  redis.call('LPUSH', KEYS[1], lapsed[i])
-end
-lapsed[#lapsed + 1] = redis.call('LLEN', KEYS[1])
-return lapsed
-"""
+_RECLAIM = lua.text("job_queue_reclaim")
 
 
 def _ring() -> list[str]:

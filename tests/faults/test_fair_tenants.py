@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fault_helpers import FaultStack, accepted, wait_until
 
-from tasks import store
+from tasks.store import jobs as job_store
 
 T0 = 1_790_000_000
 
@@ -39,8 +39,8 @@ def finished(stack: FaultStack, tenant: str, job_ids: list[str]) -> list[dict]:
     r = stack.redis.client()
 
     def done() -> list[dict] | None:
-        jobs = store.get_jobs(r, tenant, job_ids)
-        return jobs if all(j["status"] in store.FINISHED for j in jobs) else None
+        found = job_store.get_jobs(r, tenant, job_ids)
+        return found if all(j["status"] in job_store.FINISHED for j in found) else None
     return wait_until(done, 120, f"{tenant}'s jobs finished", 0.2)
 
 

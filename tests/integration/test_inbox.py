@@ -12,7 +12,8 @@ import redis
 from helpers import EVENT
 
 from core import keys
-from tasks import inbox, store
+from tasks import inbox
+from tasks.store import jobs
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def r(redis_server) -> redis.Redis:
 def submit(r: redis.Redis, settings, tenant: str = "alpha") -> tuple[str, bool]:
     """Store a single event as the API does: its job id, and whether to wake the worker
     (the append made the inbox non-empty, and joining the ring made the ring non-empty)."""
-    job_id, first = store.create_inbox_job(r, settings, tenant, EVENT)
+    job_id, first = jobs.create_inbox_job(r, settings, tenant, EVENT)
     return job_id, first and inbox.join_ring(r, tenant)
 
 
@@ -89,7 +90,7 @@ def test_an_append_racing_a_worker_that_leaves_the_ring_is_not_stranded(r, setti
     assert wake is True and inbox.claim(r, 10, time.time() + 60, {}) == [("alpha", job_id)]
     # 3. An API that stored and appended but died before joining: the sweep joins for it.
     assert inbox.claim(r, 10, time.time() + 60, {}) == []
-    job_id, _ = store.create_inbox_job(r, settings, "beta", EVENT)
+    job_id, _ = jobs.create_inbox_job(r, settings, "beta", EVENT)
     assert ring(r) == set()
     inbox.reclaim_lapsed(r, {"alpha", "beta"}, time.time())
     assert ring(r) == {"beta"}

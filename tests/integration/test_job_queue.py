@@ -14,7 +14,8 @@ import redis
 from helpers import EVENT
 
 from core import keys
-from tasks import job_queue, store
+from tasks import job_queue
+from tasks.store import jobs
 
 
 @pytest.fixture
@@ -27,7 +28,7 @@ def r(redis_server) -> redis.Redis:
 
 def queue_job(r: redis.Redis, settings, tenant: str, events: int) -> str:
     """Store and queue a job as the API does (without sending its message)."""
-    job_id, first = store.create_queued_job(r, settings, tenant, kind="validate",
+    job_id, first = jobs.create_queued_job(r, settings, tenant, kind="validate",
                                             events=[EVENT] * events)
     if first:
         job_queue.join(r, tenant)
@@ -113,7 +114,7 @@ def test_an_append_racing_a_worker_that_takes_the_last_job_is_not_stranded(r, se
     assert ring(r) == {"alpha"}
     assert take(r, settings, 1) == [("alpha", job_id)]
     # An API that stored and queued but died before joining: the sweep joins for it.
-    job_id, _ = store.create_queued_job(r, settings, "beta", kind="validate", events=[EVENT])
+    job_id, _ = jobs.create_queued_job(r, settings, "beta", kind="validate", events=[EVENT])
     assert ring(r) == set()
     job_queue.reclaim_lapsed(r, {"alpha", "beta"}, time.time())
     assert ring(r) == {"beta"}
