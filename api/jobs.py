@@ -43,9 +43,9 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1",
 blp.before_request(require_tenant)
 blp.before_request(limit_rate)
 
-TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
-                 "train": "vigil.train_job", "backtest": "vigil.backtest_job",
-                 "revalidate": "vigil.revalidate_job"}
+# Each kind's own task: what a job is logged under, and (VIGIL_MICRO_BATCH=off) the task a
+# single event is sent to; jobs are otherwise queued per tenant (tasks.job_queue).
+TASK_FOR_KIND = job_queue.TASK_OF_KIND
 CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
             "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
 # WSGI environ key: the job id api.fast_submit tried to store a request under before it

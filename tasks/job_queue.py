@@ -44,6 +44,11 @@ from tasks.store import lua
 
 # The Celery task that runs the next job (tasks.next_job), on the default queue.
 RUN_TASK = "vigil.run_next_job"
+# The task each kind of job has of its own (a message of the earlier design, or the API's with
+# VIGIL_MICRO_BATCH=off); a job run by RUN_TASK is logged and timed under its kind's name.
+TASK_OF_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
+                "train": "vigil.train_job", "backtest": "vigil.backtest_job",
+                "revalidate": "vigil.revalidate_job"}
 # What a job without events (training, backtest, revalidation) counts as in a tenant's
 # virtual time: about one chunk of judging.
 EVENTLESS_COST = 1000

@@ -26,13 +26,15 @@ from tasks.validate import check_events
 
 log = logging.getLogger(__name__)
 
-# What each kind of job does (the API's TASK_FOR_KIND names the same work as a task of its own).
+# What each kind of job does (job_queue.TASK_OF_KIND names the same work as a task of its own).
 WORK: dict[str, Work] = {"validate": check_events, "history": import_history, "train": train_now,
                          "backtest": backtest, "revalidate": revalidate}
 
 
-def by_kind(r: redis.Redis, cfg: Settings, tenant: str, job: dict[str, Any]
-            ) -> tuple[dict, list | None]:
+def by_kind(r: redis.Redis, cfg: Settings, tenant: str, job: dict[str, Any], *,
+            ran: dict[str, Any]) -> tuple[dict, list | None]:
+    """The work of the job's kind; ``ran`` gets the kind (for the task's log line)."""
+    ran["kind"] = job.get("kind")
     work = WORK.get(job.get("kind", ""))
     if work is None:
         raise JobError(f"unknown kind of job: {job.get('kind')!r}")
@@ -40,8 +42,10 @@ def by_kind(r: redis.Redis, cfg: Settings, tenant: str, job: dict[str, Any]
 
 
 @shared_task(name=job_queue.RUN_TASK, bind=True, **JOB_TASK_OPTIONS)
-def run_next_job(self, tenant: str | None = None, job_id: str | None = None) -> str | None:
-    """Claim the next job and run it; returns its final status (None: no job waiting).
+def run_next_job(self, tenant: str | None = None, job_id: str | None = None) -> dict | None:
+    """Claim the next job and run it; returns the job run ({tenant, job_id, kind, status}:
+    the task's log line and duration metric name that job and its kind's task, see
+    tasks.observability), or None if no job was waiting.
 
     (tenant, job_id): the job whose submission sent this message, for Flower and the queue's
     age metric; the job run is the next one in fair order, which may be another.
@@ -53,9 +57,10 @@ def run_next_job(self, tenant: str | None = None, job_id: str | None = None) -> 
     if claimed is None:
         return None
     owner, claimed_id = claimed
-    status = run_job(owner, claimed_id, by_kind)
+    ran: dict[str, Any] = {"tenant": owner, "job_id": claimed_id}
+    status = run_job(owner, claimed_id, partial(by_kind, ran=ran))
     through_outages(partial(job_queue.done, r, owner, claimed_id, self.request.id), "release job")
-    return status
+    return {**ran, "status": status}
 
 
 @shared_task(name="vigil.sweep_jobs", ignore_result=True)
