@@ -367,13 +367,15 @@ def report_lines(results: dict, width: int = 110) -> list[str]:
     if b_alone and both and both.cpu.get("wall"):
         # What B's own work takes from A on shared cores: B's CPU per request (measured alone)
         # times B's requests while A drained, over the CPU this benchmark used meanwhile.
-        per_b = sum(v for k, v in b_alone.cpu.items() if k not in ("wall", "others")) \
+        # The stack's roles only (API, workers, Redis): not the load generator, Flower or beat.
+        serving = ("api", "worker", "events", "redis")
+        per_b = sum(b_alone.cpu.get(k, 0.0) for k in serving) \
             / max(len(b_alone.b_single_s) + len(b_alone.b_job_s), 1)
-        used = sum(v for k, v in both.cpu.items() if k not in ("wall", "others"))
+        used = sum(both.cpu.get(k, 0.0) for k in serving)
         share = per_b * both.b_sent / used if used else math.nan
-        add(f"   B's own work (its CPU per request alone x its {both.b_sent:,} requests) was "
-            f"{share * 100:.0f}% of the CPU used while A drained with B;")
-        add(f"   A's worker CPU per event with B / alone: "
+        add(f"   B's own work (API, workers, Redis: its CPU per request alone x its "
+            f"{both.b_sent:,} requests) was {share * 100:.0f}% of theirs while A drained with B;")
+        add(f"   'worker' CPU per A event with B / alone (B's jobs run on the same workers): "
             f"{cpu_ms(both, ('worker',), both.a_events) / cpu_ms(alone, ('worker',), alone.a_events):.2f}"
             if alone and alone.a_events and both.a_events else "   A's worker CPU per event: n/a")
     if b_alone:

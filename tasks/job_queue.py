@@ -2,7 +2,7 @@
 tenant that has been served least (events judged over its weight).
 
 The API stores a job and appends its id to its tenant's queue in one script call
-(tasks.store.create_queued_job); when that made the queue non-empty it adds the tenant to the
+(tasks.store.jobs.create_queued_job); when that made the queue non-empty it adds the tenant to the
 ring (join); then it sends one Celery message, RUN_TASK, to the default queue. A message says
 "a job is waiting", not which: the worker that takes it claims the next job (next_job) and runs
 it. Celery stays the engine (its queue, acks_late, redelivery of a dead worker's messages), and
