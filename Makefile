@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval bench bench-fairness bench-servers fuzz soak clean distclean
+.PHONY: help install run test lint eval bench bench-fairness bench-servers bench-capacity fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -11,9 +11,10 @@ help:
 	@echo "  run        start Redis (if none answers), API, worker, beat and Flower; Ctrl-C stops all"
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
-	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
-	@echo "  bench-fairness  make bench's fair-tenants phase alone: one tenant's backlog next to another's trickle (~2 min)"
+	@echo "  bench      throughput and latency vs two reference designs, and fair tenants, private stacks (~9 min)"
+	@echo "  bench-fairness  make bench's fair-tenants phase alone: one tenant's backlog next to another's trickle (~3 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
+	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
@@ -34,6 +35,8 @@ test: install
 		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	@command -v promtool >/dev/null 2>&1 || \
 		(apt-get update -q && apt-get install -y -q prometheus)
+	@command -v haproxy >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q haproxy)
 	$(VENV)/bin/python -m pytest
 
 lint: install
@@ -54,6 +57,9 @@ bench-fairness: install
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers
+
+bench-capacity: install
+	$(VENV)/bin/python -m benchmarks.capacity
 
 fuzz: install
 	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging
