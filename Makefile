@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test test-cluster lint eval bench bench-servers bench-capacity fuzz soak clean distclean
+.PHONY: help install run test test-cluster lint eval bench bench-fairness bench-servers bench-capacity fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -12,7 +12,8 @@ help:
 	@echo "  test       run the test suite (then the store's integration tests on a Redis Cluster)"
 	@echo "  test-cluster  only the store's integration tests, against a three-primary Redis Cluster"
 	@echo "  lint       ruff check"
-	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
+	@echo "  bench      throughput and latency vs two reference designs, and fair tenants, private stacks (~9 min)"
+	@echo "  bench-fairness  make bench's fair-tenants phase alone: one tenant's backlog next to another's trickle (~3 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
 	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
@@ -48,8 +49,8 @@ test: install
 # run by hand (some two minutes more) but test the store no further; RabbitMQ's has its own.
 CLUSTER_TESTS := $(addprefix tests/integration/,test_baseline_store.py test_counted_once.py \
 	test_episodes.py test_eta.py test_fast_submit.py test_feedback_loop.py test_http_errors.py \
-	test_inbox.py test_key_slots_written.py test_level_shift.py test_retention.py \
-	test_security.py test_store_steps.py test_verdicts_flow.py test_webhooks.py)
+	test_inbox.py test_job_queue.py test_key_slots_written.py test_level_shift.py \
+	test_retention.py test_security.py test_store_steps.py test_verdicts_flow.py test_webhooks.py)
 
 test-cluster: install
 	VIGIL_TEST_STORE=cluster $(VENV)/bin/python -m pytest $(CLUSTER_TESTS)
@@ -66,6 +67,9 @@ distclean: clean
 
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
+
+bench-fairness: install
+	$(VENV)/bin/python -m benchmarks.fairness
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers

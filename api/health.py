@@ -30,6 +30,15 @@ def celery_queues(conf) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def tenant_inboxes(r: redis.Redis) -> dict[str, str]:
+    """Tenant -> inbox key of the tenants with single events waiting (tasks.inbox's ring);
+    none readable while Redis does not answer (the collectors then report nothing)."""
+    try:
+        return {t.decode(): keys.tenant_inbox(t.decode()) for t in r.smembers(keys.events_ring())}
+    except redis.RedisError:
+        return {}
+
+
 @blp.route("/healthz")
 class Healthz(MethodView):
     @blp.response(200)
@@ -78,9 +87,9 @@ class Metrics(MethodView):
         # The single-event inbox is in the job store, whatever the broker.
         broker_is_redis = svc.celery.conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
         queues = celery_queues(svc.celery.conf) if broker_is_redis else []
-        inbox = keys.events_inbox()
-        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=inbox,
+        inboxes = tenant_inboxes(svc.redis)
+        body = exposition(QueueDepthCollector(svc.redis, queues, inboxes=inboxes,
                                               broker=svc.broker),
-                          QueueAgeCollector(svc.redis, queues, inbox_key=inbox, broker=svc.broker),
+                          QueueAgeCollector(svc.redis, queues, inboxes=inboxes, broker=svc.broker),
                           WorkersCollector(svc.redis, celery_queues(svc.celery.conf)))
         return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

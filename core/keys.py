@@ -7,13 +7,15 @@ Hash tags (issue 17: the store on a Redis Cluster). Redis Cluster puts a key in 
 the text between its first '{' and the next '}', and a script or MULTI may only touch keys
 of one slot. So:
 - a tenant's own state carries ``{<tenant>}`` (jobs, recent jobs, rate windows, idempotency,
-  webhook secrets and failures, the tenant's set of event types);
+  webhook secrets and failures, the tenant's set of event types, its inbox and job queue
+  with their claims);
 - the state of one event type of a tenant carries ``{<tenant>:<event type>}`` (baselines,
   history, models, settings, feedback, episodes, level runs, the batch markers and counts
   its merges write): every merge, feedback or settings change is one slot, and types spread
   over the cluster;
-- the keys the queues' scripts use together (the events inbox, its claims, the pending
-  events and the judged-events buckets, tasks.eta) carry ``{work}``: one slot;
+- the keys tasks.eta's scripts use together (the pending events and the judged-events
+  buckets) carry ``{work}``: one slot; the rings of tenants with work carry their own tags
+  ({events-ring}, {jobs-ring});
 - the other global keys (workers, known types, scheduled webhooks, ...) carry no tag: each
   its own slot, each written by single commands.
 On one Redis the tags are just characters of the names. Names before the tags (the key
@@ -186,15 +188,76 @@ def known_types() -> str:
 
 
 def events_inbox() -> str:
-    """List: '<tenant>:<job id>' of single-event jobs waiting for the events worker, oldest
-    first (tasks.inbox)."""
-    return f"{WORK}:events-inbox"
+    """List: '<tenant>:<job id>' of single-event jobs, one inbox for every tenant, as written
+    before inboxes were per tenant (tenant_inbox); the sweep moves what it finds there into
+    the tenants' inboxes (tasks.inbox.migrate_legacy)."""
+    return f"{PREFIX}:events-inbox"
 
 
 def events_claimed() -> str:
-    """Sorted set: '<tenant>:<job id>' taken from the inbox by a worker, scored by when the
-    claim lapses (a worker that died leaves them here; the sweep puts them back)."""
-    return f"{WORK}:events-claimed"
+    """Sorted set: '<tenant>:<job id>' claimed from events_inbox, as written before inboxes were
+    per tenant; the sweep moves them into the tenants' inboxes."""
+    return f"{PREFIX}:events-claimed"
+
+
+# The fair lanes (tasks.inbox, tasks.job_queue): per-tenant lists drained by rounds across the
+# tenants that have work. The tenant is a hash tag ({tenant}): a script touches the keys of one
+# tenant only, which then share a Redis Cluster slot; the rings of tenants with work are global
+# keys, changed by separate commands.
+
+def tenant_inbox(tenant: str) -> str:
+    """List: job ids of the tenant's single-event jobs waiting for the events worker, oldest
+    first (tasks.inbox)."""
+    return f"{PREFIX}:{{{tenant}}}:events-inbox"
+
+
+def tenant_inbox_claimed(tenant: str) -> str:
+    """Sorted set: job ids taken from the tenant's inbox by a worker, scored by when the claim
+    lapses (a worker that died leaves them here; the sweep puts them back)."""
+    return f"{PREFIX}:{{{tenant}}}:events-claimed"
+
+
+def events_ring() -> str:
+    """Set: tenants whose inbox has (or may have) entries: the events worker's round goes over
+    these (tasks.inbox). Shares its hash tag with events_draining: one script reads both."""
+    return f"{PREFIX}:{{events-ring}}:tenants"
+
+
+def events_draining() -> str:
+    """String (expiring): an events worker is draining and will look at the ring again soon
+    (tasks.micro_batch lingers after the ring empties); while it exists, the API sends no wake
+    message for a tenant that joins an empty ring."""
+    return f"{PREFIX}:{{events-ring}}:draining"
+
+
+def job_queue(tenant: str) -> str:
+    """List: ids of the tenant's jobs waiting for a worker of the default queue, oldest first
+    (tasks.job_queue)."""
+    return f"{PREFIX}:{{{tenant}}}:job-queue"
+
+
+def job_queue_claimed(tenant: str) -> str:
+    """Sorted set: ids of the tenant's jobs taken by a worker, scored by when the claim lapses."""
+    return f"{PREFIX}:{{{tenant}}}:job-claimed"
+
+
+def jobs_ring() -> str:
+    """Sorted set: tenants with jobs waiting, scored by their virtual time (events served over
+    their weight): the next job is the head of the lowest-scored tenant's queue
+    (tasks.job_queue). Shares its hash tag with jobs_clock: one script reads and writes both."""
+    return f"{PREFIX}:{{jobs-ring}}:tenants"
+
+
+def jobs_clock() -> str:
+    """String: the virtual time of the latest job handed out; a tenant joining jobs_ring starts
+    there, so time spent idle earns no credit."""
+    return f"{PREFIX}:{{jobs-ring}}:clock"
+
+
+def job_claims() -> str:
+    """Hash: Celery task id -> '<tenant>:<job id>' of the job that task claimed, so a message
+    redelivered after its worker died runs the job its first delivery claimed."""
+    return f"{PREFIX}:job-claims"
 
 
 def workers() -> str:
@@ -335,9 +398,9 @@ def legacy_invalid_counts(tenant: str) -> str:
     return f"{PREFIX}:{tenant}:invalid-counts"
 
 
-# Scheme 1's names of the {work} keys, with their scheme-2 names.
-LEGACY_WORK = {f"{PREFIX}:events-inbox": events_inbox(),
-               f"{PREFIX}:events-claimed": events_claimed(),
-               f"{PREFIX}:pending-events": pending_events(),
+# Scheme 1's names of the {work} keys, with their scheme-2 names. (The one inbox every tenant
+# shared and its claims keep their names: tasks.inbox.migrate_legacy empties them into the
+# tenants' inboxes.)
+LEGACY_WORK = {f"{PREFIX}:pending-events": pending_events(),
                **{f"{PREFIX}:judged:{lane}": judged(lane) for lane in ("jobs", "events")},
                **{f"{PREFIX}:judging-ms:{lane}": judging_ms(lane) for lane in ("jobs", "events")}}

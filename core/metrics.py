@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -134,10 +135,10 @@ class QueueDepthCollector:
     scraped (a value from the moment of the scrape, not one any process has to keep up to date).
     Nothing is reported while Redis does not answer, so /metrics itself still does."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None,
-                 broker: redis.Redis | None = None):
-        """client: the store (the inbox); broker: Celery's Redis, if not the store itself."""
-        self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+    def __init__(self, client: redis.Redis, queues: Sequence[str],
+                 inboxes: Mapping[str, str] | None = None, broker: redis.Redis | None = None):
+        """client: the store (the inboxes); broker: Celery's Redis, if not the store itself."""
+        self.client, self.queues, self.inboxes = client, list(dict.fromkeys(queues)), inboxes
         self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
@@ -147,8 +148,10 @@ class QueueDepthCollector:
                 for name in (queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)):
                     pipe.llen(name)
             lengths = pipe.execute() if self.queues else []
-            if self.inbox_key:
-                lengths.append(self.client.llen(self.inbox_key))
+            pipe = self.client.pipeline(transaction=False)
+            for key in (self.inboxes or {}).values():
+                pipe.llen(key)
+            lengths += pipe.execute() if self.inboxes else []
         except redis.RedisError as exc:
             log.warning("queue depth not scraped: %s", type(exc).__name__)
             return
@@ -157,8 +160,8 @@ class QueueDepthCollector:
         per_queue = 1 + len(_PRIORITY_STEPS)
         for i, queue in enumerate(self.queues):
             family.add_metric([queue], sum(lengths[i * per_queue:(i + 1) * per_queue]))
-        if self.inbox_key:  # single-event jobs waiting for the events worker (tasks.inbox)
-            family.add_metric([INBOX_LABEL], lengths[-1])
+        if self.inboxes is not None:  # single-event jobs waiting, every tenant's (tasks.inbox)
+            family.add_metric([INBOX_LABEL], sum(lengths[len(self.queues) * per_queue:]))
         yield family
 
 
@@ -181,13 +184,14 @@ class QueueAgeCollector:
     oldest message names no job (a wake-up; the inbox has the single events) is left out.
     Celery's Redis transport pushes on the left and pops on the right: the oldest is last."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None,
-                 broker: redis.Redis | None = None):
-        """client: the store (the inbox, jobs); broker: Celery's Redis, if not the store."""
-        self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+    def __init__(self, client: redis.Redis, queues: Sequence[str],
+                 inboxes: Mapping[str, str] | None = None, broker: redis.Redis | None = None):
+        """client: the store (the inboxes, jobs); broker: Celery's Redis, if not the store."""
+        self.client, self.queues, self.inboxes = client, list(dict.fromkeys(queues)), inboxes
         self.broker = broker
 
     def collect(self) -> Iterator[Metric]:
+        inboxes = dict(self.inboxes or {})
         try:
             pipe = (self.broker or self.client).pipeline(transaction=False)
             for queue in self.queues:
@@ -195,16 +199,20 @@ class QueueAgeCollector:
             oldest = pipe.execute() if self.queues else []
             # TIME on its own: a cluster's pipeline refuses it (no key, so no node to send to).
             seconds, micros = self.client.time()
-            if self.inbox_key:
-                oldest.append(self.client.lindex(self.inbox_key, 0))
             pipe = self.client.pipeline(transaction=False)
-            jobs: dict[str, tuple[str, str] | None] = {}
+            for key in inboxes.values():
+                pipe.lindex(key, 0)
+            oldest += pipe.execute() if inboxes else []
+            named: list[tuple[str, tuple[str, str]]] = []
             for queue, raw in zip(self.queues, oldest):
-                jobs[queue] = _message_job(raw) if raw else None
-            if self.inbox_key and oldest[-1]:
-                tenant, _, job_id = oldest[-1].decode().rpartition(":")
-                jobs[INBOX_LABEL] = (tenant, job_id)
-            named = [(label, job) for label, job in jobs.items() if job]
+                job = _message_job(raw) if raw else None
+                if job:
+                    named.append((queue, job))
+            # Each tenant's inbox is oldest first: the oldest of their heads is the inbox's.
+            heads = oldest[len(self.queues):]
+            named += [(INBOX_LABEL, (tenant, raw.decode()))
+                      for tenant, raw in zip(inboxes, heads) if raw]
+            pipe = self.client.pipeline(transaction=False)
             for _, (tenant, job_id) in named:
                 pipe.hget(keys.job(tenant, job_id), "created_at")
             created = pipe.execute() if named else []
@@ -215,14 +223,18 @@ class QueueAgeCollector:
         family = GaugeMetricFamily("vigil_queue_oldest_age_seconds",
                                    "Seconds the oldest job waiting in a queue has waited.",
                                    labels=["queue"])
-        labels = [*self.queues, *([INBOX_LABEL] if self.inbox_key else [])]
-        waiting = dict(zip([label for label, _ in named], created))
-        empty = {q for q, raw in zip(labels, oldest) if not raw}
-        for label in labels:
+        waiting: dict[str, float] = {}
+        for (label, _), at in zip(named, created):
+            if at:  # the job expired or was never stored: unknown
+                waiting[label] = min(waiting.get(label, math.inf), float(at))
+        empty = {q for q, raw in zip(self.queues, oldest) if not raw}
+        if self.inboxes is not None and not any(oldest[len(self.queues):]):
+            empty.add(INBOX_LABEL)
+        for label in [*self.queues, *([INBOX_LABEL] if self.inboxes is not None else [])]:
             if label in empty:
                 family.add_metric([label], 0.0)
-            elif waiting.get(label):  # the job expired or was never stored: unknown
-                family.add_metric([label], max(now - float(waiting[label]), 0.0))
+            elif label in waiting:
+                family.add_metric([label], max(now - waiting[label], 0.0))
         yield family
 
 

@@ -40,7 +40,10 @@ log = logging.getLogger(__name__)
 LOCK_S = 600
 # Global names scheme 2 did not change.
 _UNCHANGED = frozenset({keys.workers(), keys.known_types(), keys.webhooks_scheduled(),
-                        keys.ui_session_key(), keys.key_scheme(), keys.key_scheme_lock()})
+                        keys.ui_session_key(), keys.key_scheme(), keys.key_scheme_lock(),
+                        keys.job_claims(),
+                        # tasks.inbox.migrate_legacy empties these into the tenants' inboxes
+                        keys.events_inbox(), keys.events_claimed()})
 # A validate job's batch: '<job id>:<event type>:<first index>' (tasks.validate.batch_ids).
 _VALIDATE_BATCH = re.compile(r"[0-9a-f]{32}:(.+):\d+")
 

@@ -63,6 +63,20 @@ def redis_server(tmp_path_factory) -> Iterator[RedisServer | ClusterServer]:
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def private_cluster(tmp_path_factory) -> Iterator[ClusterServer | None]:
+    """With a cluster as the store, a cluster of the module's own, for tests that keep their
+    keys apart from the workers' (on one Redis they use another database; a cluster has one
+    database only); None otherwise."""
+    if TEST_STORE != "cluster":
+        yield None
+        return
+    server = ClusterServer(tmp_path_factory.mktemp("private-cluster"))
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def broker_server(redis_server, tmp_path_factory) -> Iterator[RedisServer]:
     """Celery's broker: the store's Redis itself, or beside a cluster a Redis of its own."""

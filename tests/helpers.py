@@ -70,3 +70,12 @@ def form_token(client: httpx.Client) -> str:
     tokens = set(re.findall(r'name="csrf_token" value="([^"]+)"', client.get("/ui").text))
     [token] = tokens
     return token
+
+
+def own_client(r):
+    """A client for another thread on the same store as ``r`` (its pool's connections are
+    handed out per thread); a RedisCluster client is shared as it is, being thread-safe."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    return r if isinstance(r, RedisCluster) else redis.Redis(connection_pool=r.connection_pool)

@@ -48,20 +48,21 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
-# Stores a queued job: its hash (with an expiry), its events and its place among the
-# tenant's recent jobs. With a rate limit (ARGV[5] > 0) it first counts the request in the
-# tenant's window (KEYS[4]) and stores nothing over the limit (-1). One script call rather
-# than a MULTI of several commands, or a second round trip for the rate limit: the API's hot
-# path pays redis-py's cost per command. Its keys are all the tenant's (one cluster slot).
+# Stores a queued job: its hash (with an expiry), its events, its place among the tenant's
+# recent jobs and, for a single event or a job of the fair lane, its id appended to the
+# tenant's inbox (tasks.inbox) or job queue (tasks.job_queue), KEYS[5]; returns that list's
+# length then (0: not appended). With a rate limit (ARGV[5] > 0) it first counts the request
+# in the tenant's window (KEYS[4]) and stores nothing over the limit (-1). One script call
+# rather than a MULTI of several commands, or a second round trip for the rate limit: the
+# API's hot path pays redis-py's cost per command. Its keys are all the tenant's (one cluster
+# slot).
 # Idempotent per job id (chosen by the caller before the call): if the job exists, the call
-# is a retry of one whose reply was lost, and it only says so (-2): no second rate count or
-# place among the recent jobs.
-# KEYS: job, events, recent jobs, rate window. ARGV: ttl, recent kept - 1, events ('': none),
-# job id, rate limit, window ttl, then the job's fields.
+# is a retry of one whose reply was lost, and it only says so (-2): no second inbox or queue
+# entry, rate count or place among the recent jobs.
+# KEYS: job, events, recent jobs, rate window, inbox or job queue. ARGV: ttl, recent kept - 1,
+# events ('': none), job id, rate limit, window ttl, the id to append ('': none), then the
+# job's fields.
 _CREATE = lua.text("counted", "create_job")
-# A retry's inbox entry ({work} slot): appended unless it is waiting or claimed already; the
-# inbox's length then, or 0. KEYS: inbox, claimed. ARGV: the entry.
-_APPEND_ONCE = lua.text("inbox_append_once")
 # A pending entry whose job is not there (yet) is dropped by the sweep only past this age: its
 # job is stored right after it (_create), and a sweep between the two must not drop it.
 PENDING_GRACE_S = 60.0
@@ -90,13 +91,27 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
                      event: Mapping, rate_limit: int = 0,
                      job_id: str | None = None) -> tuple[str, bool]:
-    """Store a single-event job and append it to the events inbox (tasks.inbox). Returns
-    its id and whether the inbox was empty (the caller must then wake the events worker).
-    rate_limit and job_id as create_job's: a retry that finds the job asks for a wake too,
-    as the first call may have found the inbox empty and woken nobody."""
+    """Store a single-event job and append it to its tenant's inbox (tasks.inbox), in one
+    step. Returns its id and whether the inbox was empty (the caller must then put the tenant
+    in the ring, tasks.inbox.join_ring). rate_limit and job_id as create_job's: a retry that
+    finds the job says so too, as the first call may have appended and joined nobody."""
     job_id, inbox_length = _create(r, settings, tenant, kind="validate", events=[event],
-                                   to_inbox=True, rate_limit=rate_limit, job_id=job_id)
+                                   append_to=keys.tenant_inbox(tenant), rate_limit=rate_limit,
+                                   job_id=job_id)
     return job_id, inbox_length in (1, ALREADY_STORED)
+
+
+def create_queued_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
+                      events: Sequence[Mapping] = (), event_type: str | None = None,
+                      callback_url: str | None = None, job_id: str | None = None,
+                      params: Mapping | None = None) -> tuple[str, bool]:
+    """create_job, the job also appended to its tenant's job queue (tasks.job_queue) in the
+    same step. Returns its id and whether the queue was empty (the caller must then put the
+    tenant in the ring, tasks.job_queue.join), or the job was stored before (a retry)."""
+    job_id, length = _create(r, settings, tenant, kind=kind, events=events,
+                             event_type=event_type, callback_url=callback_url, job_id=job_id,
+                             params=params, append_to=keys.job_queue(tenant), pending=True)
+    return job_id, length in (1, ALREADY_STORED)
 
 
 # What _CREATE answers for a job that exists already (a retry after a lost reply).
@@ -105,9 +120,12 @@ ALREADY_STORED = -2
 
 def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             events: Sequence[Mapping], event_type: str | None = None,
-            callback_url: str | None = None, to_inbox: bool = False,
+            callback_url: str | None = None, append_to: str | None = None,
             rate_limit: int = 0, job_id: str | None = None,
-            params: Mapping | None = None, single: bool = False) -> tuple[str, int]:
+            params: Mapping | None = None, single: bool = False,
+            pending: bool | None = None) -> tuple[str, int]:
+    # A job of the default queue's lane has a pending entry (tasks.eta); an inbox job does not.
+    pending = append_to is None if pending is None else pending
     job_id = job_id or new_job_id()
     created_at = now()
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
@@ -122,11 +140,11 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["callback_url"] = callback_url
     if params:
         fields["params"] = dumps(params)
-    # A Redis Cluster runs a script on one slot only, and the job is the tenant's while its
-    # pending entry and inbox entry are in {work}: three steps, ordered so that a crash (or
-    # a refusal) between them leaves nothing wrong for good.
+    # A Redis Cluster runs a script on one slot only, and the job (with its inbox or queue
+    # entry) is the tenant's while its pending entry is in {work}: two steps, ordered so that
+    # a crash (or a refusal) between them leaves nothing wrong for good.
     entry = eta.pending_entry(tenant, job_id)
-    if not to_inbox:
+    if pending:
         # 1. The pending entry first: a stored job always has one. One whose job is never
         # stored (over the rate limit, a crash before step 2) is dropped just below, or by
         # the sweep (drop_finished_pending) once PENDING_GRACE_S old. HSETNX: a retry keeps
@@ -136,25 +154,16 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
     stored = int(lua.run(
         r, _CREATE,
         [keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
-         rates.current_window(tenant)],
+         rates.current_window(tenant), append_to or keys.tenant_inbox(tenant)],
         [settings.job_ttl_s, RECENT_JOBS_KEPT - 1,
          job_data.pack_events(events) if events else "", job_id, rate_limit,
-         rates.RATE_WINDOW_TTL_S, *(x for pair in fields.items() for x in pair)]))
+         rates.RATE_WINDOW_TTL_S, job_id if append_to else "",
+         *(x for pair in fields.items() for x in pair)]))
     if stored == -1:
-        if not to_inbox:
+        if pending:
             r.hdel(keys.pending_events(), entry)
         raise rates.OverRateLimit(tenant)
-    if not to_inbox:
-        return job_id, stored
-    # 3. The inbox entry after its job: no worker can claim an entry whose job is not stored
-    # yet. A process that dies between the two leaves a job no entry names: it answered no
-    # 202, and the job stays queued until it expires. A retry (the first call's reply lost)
-    # appends the entry only if it is neither waiting nor claimed: one entry per job.
-    item = inbox.entry(tenant, job_id)
-    if stored == ALREADY_STORED:
-        lua.run(r, _APPEND_ONCE, [keys.events_inbox(), keys.events_claimed()], [item])
-        return job_id, ALREADY_STORED
-    return job_id, int(r.rpush(keys.events_inbox(), item))
+    return job_id, stored
 
 
 def shared_event_type(events: Sequence[Mapping]) -> str | None:

@@ -36,10 +36,9 @@ def test_every_key_of_a_type_is_in_its_slot_and_every_key_of_a_tenant_in_the_ten
         elif "tenant" in params:
             assert keys.slot(key) == tenant_slot, name
             checked["tenant"] += 1
-        elif name in ("events_inbox", "events_claimed", "pending_events", "judged",
-                      "judging_ms"):  # the keys the queues' scripts use together
+        elif name in ("pending_events", "judged", "judging_ms"):  # tasks.eta's, together
             assert keys.slot(key) == keys.slot("{work}"), name
-    assert checked["type"] >= 19 and checked["tenant"] >= 10
+    assert checked["type"] >= 19 and checked["tenant"] >= 14
 
 
 def test_an_event_type_with_braces_still_keeps_its_keys_in_one_slot():
@@ -57,7 +56,7 @@ def test_keys_of_two_slots_in_one_call_are_refused():
     keys.check_one_slot([keys.job("acme", "1"), keys.recent_jobs("acme"),
                          keys.rate_window("acme", 1)])
     with pytest.raises(keys.CrossSlot, match="different cluster slots"):
-        keys.check_one_slot([keys.job("acme", "1"), keys.events_inbox()])
+        keys.check_one_slot([keys.job("acme", "1"), keys.pending_events()])
     with pytest.raises(keys.CrossSlot):
         keys.check_one_slot([keys.baseline("acme", "a"), keys.baseline("acme", "b")])
 
@@ -70,4 +69,4 @@ def test_the_store_refuses_a_cross_slot_script_before_sending_it():
 
     nobody = redis.Redis(port=free_port(), socket_connect_timeout=0.2)  # sending would fail
     with pytest.raises(keys.CrossSlot):
-        lua.run(nobody, "return 1", [keys.job("acme", "1"), keys.events_inbox()])
+        lua.run(nobody, "return 1", [keys.job("acme", "1"), keys.pending_events()])
