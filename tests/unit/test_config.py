@@ -155,3 +155,55 @@ def test_quorum_queues_need_rabbitmq_and_round_countdowns_to_whole_seconds():
         Settings.from_env({"VIGIL_BROKER_QUEUE_TYPE": "quorum"})
     with pytest.raises(ConfigError, match="'classic' or 'quorum'"):
         Settings.from_env({**amqp, "VIGIL_BROKER_QUEUE_TYPE": "mirrored"})
+
+
+SENTINELS = {"VIGIL_REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26380,[::1]:26381",
+             "VIGIL_REDIS_SENTINEL_MASTER": "mymaster"}
+
+
+def test_sentinels_make_the_broker_kombus_sentinel_transport_with_the_urls_credentials():
+    s = Settings.from_env({**SENTINELS, "REDIS_URL": "redis://:p@ss@unused:1/3",
+                           "VIGIL_REDIS_SENTINEL_PASSWORD": "s3cret"})
+    assert s.redis_sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26381))
+    conf = s.celery()
+    # One sentinel:// per sentinel, ';'-joined; REDIS_URL's password (quoted) and database.
+    assert conf["broker_url"] == ("sentinel://:p%40ss@10.0.0.1:26379/3;"
+                                  "sentinel://:p%40ss@10.0.0.2:26380/3;"
+                                  "sentinel://:p%40ss@[::1]:26381/3")
+    options = conf["broker_transport_options"]
+    assert options["master_name"] == "mymaster"
+    assert options["sentinel_kwargs"]["password"] == "s3cret"
+    assert options["visibility_timeout"] == 3600  # the usual options stay
+    assert s.broker_in_store
+
+
+def test_rabbitmq_stays_the_broker_with_sentinels_for_the_store():
+    s = Settings.from_env({**SENTINELS, "VIGIL_BROKER_URL": "amqp://u:p@h:5672//"})
+    assert s.celery()["broker_url"] == "amqp://u:p@h:5672//"
+    assert "master_name" not in s.celery()["broker_transport_options"]
+    assert not s.broker_in_store
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"VIGIL_REDIS_SENTINELS": "h:26379"}, "needs VIGIL_REDIS_SENTINEL_MASTER"),
+    ({"VIGIL_REDIS_SENTINEL_MASTER": "mymaster"}, "nothing uses Sentinel"),
+    ({"VIGIL_BROKER_URL": "sentinel://h:26379"}, "needs VIGIL_REDIS_SENTINEL_MASTER"),
+    ({"VIGIL_REDIS_SENTINEL_PASSWORD": "x"}, "no sentinels are"),
+    ({**SENTINELS, "VIGIL_REDIS_SENTINEL_MASTER": "my master"}, "1-64 characters"),
+    ({"VIGIL_REDIS_SENTINELS": "h", "VIGIL_REDIS_SENTINEL_MASTER": "m"},
+     "VIGIL_REDIS_SENTINELS='h' is not a valid list of sentinels"),
+    ({"VIGIL_REDIS_SENTINELS": "h:0", "VIGIL_REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+    ({"VIGIL_REDIS_SENTINELS": ":26379", "VIGIL_REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+    ({"VIGIL_REDIS_WAIT_REPLICAS": "-1"}, "VIGIL_REDIS_WAIT_REPLICAS must be 0"),
+    ({"VIGIL_REDIS_WAIT_TIMEOUT_MS": "0"}, "between 1 and 4000"),
+    ({"VIGIL_REDIS_WAIT_TIMEOUT_MS": "5000"}, "between 1 and 4000"),
+])
+def test_sentinel_and_wait_settings_are_checked(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_wait_for_replicas_is_off_by_default():
+    s = Settings.from_env({})
+    assert (s.redis_wait_replicas, s.redis_wait_timeout_ms) == (0, 500)
+    assert Settings.from_env({"VIGIL_REDIS_WAIT_REPLICAS": "1"}).redis_wait_replicas == 1
