@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval bench bench-servers fuzz soak clean distclean
+.PHONY: help install run test lint eval bench bench-servers bench-wait fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -13,6 +13,7 @@ help:
 	@echo "  lint       ruff check"
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
+	@echo "  bench-wait submit latency with and without VIGIL_REDIS_WAIT_REPLICAS=1 (primary + replica, ~30 s)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
@@ -50,6 +51,9 @@ bench: install
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers
+
+bench-wait: install
+	$(VENV)/bin/python -m benchmarks.wait_replicas
 
 fuzz: install
 	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging
