@@ -110,7 +110,7 @@ def main() -> None:
             if base is None:
                 base = (p50, p99)
             else:
-                line += f"  (p50 +{p50 - base[0]:.3f} ms, p99 +{p99 - base[1]:.3f} ms)"
+                line += f"  (p50 {p50 - base[0]:+.3f} ms, p99 {p99 - base[1]:+.3f} ms)"
             print(line)
     print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 
