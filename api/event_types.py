@@ -30,9 +30,10 @@ from api.schemas import (
 from api.services import services
 from core.config import ConfigError
 from ml.features import DERIVED_PREFIX
-from tasks import episodes, store, type_settings
+from tasks import episodes, type_settings
 from tasks.documents import iso
 from tasks.models import level_shift_at, outdated, schedule_training, z_thresholds
+from tasks.store import baselines, model_blobs
 
 blp = Blueprint("event_types", __name__, url_prefix="/v1/event-types",
                 description="Baselines, history and anomaly models per event type.")
@@ -53,10 +54,10 @@ class EventTypes(MethodView):
     def get(self):
         """Known event types with the number of events in their history"""
         r, tenant = services().redis, flask.g.tenant
-        counts = store.event_type_counts(r, tenant)
+        counts = baselines.event_type_counts(r, tenant)
         return {"event_types": [
             {"event_type": name, "events": count,
-             "model_version": store.model_version(r, tenant, name)}
+             "model_version": model_blobs.model_version(r, tenant, name)}
             for name, count in sorted(counts.items())]}
 
 
@@ -66,11 +67,11 @@ class Baseline(MethodView):
     def get(self, event_type: str):
         """Per-field count, mean and standard deviation of the accepted history"""
         svc = services()
-        moments = store.load_baseline(svc.redis, flask.g.tenant, checked_type(event_type))
+        moments = baselines.load_baseline(svc.redis, flask.g.tenant, checked_type(event_type))
         if not moments:
             abort(404, message=f"No history for event type {event_type!r} yet.")
         typed, _ = type_settings.effective(svc.redis, svc.settings, flask.g.tenant, event_type)
-        limits = z_thresholds(typed, store.model_meta(svc.redis, flask.g.tenant, event_type),
+        limits = z_thresholds(typed, model_blobs.model_meta(svc.redis, flask.g.tenant, event_type),
                               list(moments))
         return {"event_type": event_type, "min_history": typed.min_history,
                 "alert_rate": typed.alert_rate,
@@ -98,7 +99,7 @@ class Model(MethodView):
     @blp.response(200, ModelSchema)
     def get(self, event_type: str):
         """The current anomaly model: version, when trained, on how many rows, features"""
-        meta = store.model_meta(services().redis, flask.g.tenant, checked_type(event_type))
+        meta = model_blobs.model_meta(services().redis, flask.g.tenant, checked_type(event_type))
         if meta is None:
             abort(404, message=f"No anomaly model for {event_type!r} yet; import history or "
                                "POST to this URL to train one.")
@@ -179,7 +180,7 @@ class TypeSettings(MethodView):
             saved = type_settings.save(svc.redis, tenant, event_type, body, current.version)
         except type_settings.Conflict as exc:
             abort(409, message=f"{exc}; read them again and retry.")
-        if saved.version != current.version and store.history_count(
+        if saved.version != current.version and baselines.history_count(
                 svc.redis, tenant, event_type) >= svc.settings.model_min_rows:
             # Thresholds are calibrated when a model is trained: with the new settings now.
             schedule_training(svc.redis, svc.settings, tenant, event_type)
@@ -189,7 +190,7 @@ class TypeSettings(MethodView):
 def has_history(event_type: str, needed: int) -> None:
     """409 unless the type has ``needed`` events of history: a replay needs something to
     judge, and a backtest something to calibrate on."""
-    count = store.history_count(services().redis, flask.g.tenant, event_type)
+    count = baselines.history_count(services().redis, flask.g.tenant, event_type)
     if count < needed:
         abort(409, message=f"{event_type!r} has {count} events of history; this needs at "
                            f"least {needed}. Import history first (POST /v1/event-types/"

@@ -30,7 +30,8 @@ from api.jobs import JOB_ID_ENVIRON, admit_single_event, job_eta
 from api.replication import NotReplicated
 from api.schemas import EVENT_SCHEMA
 from api.services import Services
-from tasks import eta, store
+from tasks import eta
+from tasks.store import jobs, rates
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -73,7 +74,7 @@ class FastSubmit:
         status_url = f"{environ.get('SCRIPT_NAME', '')}/v1/jobs/{job_id}"
         lane = eta.EVENTS if self.services.settings.micro_batch else eta.JOBS
         eta_s = job_eta(self.services, tenant, job_id, lane, 1)
-        answer = orjson.dumps({"job_id": job_id, "status": store.QUEUED, "status_url": status_url,
+        answer = orjson.dumps({"job_id": job_id, "status": jobs.QUEUED, "status_url": status_url,
                                "eta_s": eta_s})
         start_response("202 ACCEPTED", [("Content-Type", "application/json"),
                                          ("Content-Length", str(len(answer))),
@@ -104,11 +105,11 @@ class FastSubmit:
             event: Any = EVENT_SCHEMA.load(orjson.loads(body))
         except (orjson.JSONDecodeError, ma.ValidationError):
             return None
-        job_id = store.new_job_id()
+        job_id = jobs.new_job_id()
         try:
             return tenant, admit_single_event(self.services, tenant, event, check_rate_limit=True,
                                               job_id=job_id)
-        except store.OverRateLimit:
+        except rates.OverRateLimit:
             # Flask counts the request again and answers 429; the extra count lands in a
             # window that is refusing anyway.
             return None

@@ -31,8 +31,9 @@ from api.schemas import (
     JobSubmitSchema,
 )
 from api.services import Services, services
-from tasks import eta, inbox, store
+from tasks import eta, inbox
 from tasks.documents import job_document
+from tasks.store import job_data, jobs
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
         stored_retrying(lambda: admit_single_event(svc, tenant, events[0], job_id=job_id),
                         retry=JOB_ID_ENVIRON not in flask.request.environ)
     else:
-        stored_retrying(lambda: store.create_job(
+        stored_retrying(lambda: jobs.create_job(
             svc.redis, svc.settings, tenant, kind=kind, events=events, event_type=event_type,
             callback_url=callback_url, job_id=job_id, params=params), retry=True)
         svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
@@ -85,7 +86,7 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     status_url = flask.url_for("jobs.Job", job_id=job_id)
     lane = eta.EVENTS if single and svc.settings.micro_batch else eta.JOBS
     eta_s = job_eta(svc, tenant, job_id, lane, len(events))
-    return ({"job_id": job_id, "status": store.QUEUED, "status_url": status_url, "eta_s": eta_s},
+    return ({"job_id": job_id, "status": jobs.QUEUED, "status_url": status_url, "eta_s": eta_s},
             202, {"Location": status_url, "Retry-After": str(eta.retry_after(eta_s))})
 
 
@@ -113,7 +114,7 @@ def request_job_id(tenant: str) -> str:
         return request.environ[JOB_ID_ENVIRON]
     key = request.headers.get(idempotency.HEADER)
     if key is None:
-        return store.new_job_id()
+        return jobs.new_job_id()
     fingerprint = idempotency.fingerprint(request.method, request.path, request.query_string,
                                           request.get_data(cache=True))
     return hashlib.sha256(f"{tenant}\0{key}\0{fingerprint}".encode()).hexdigest()[:32]
@@ -122,7 +123,7 @@ def request_job_id(tenant: str) -> str:
 def stored_retrying(store_it: Callable[[], object], *, retry: bool) -> None:
     """store_it(), once more on a RedisError when ``retry``. Its job id was chosen before the
     first call: if that call stored the job and only its reply was lost (a timeout, a dropped
-    connection), the second finds the job and stores nothing again (tasks.store._CREATE)."""
+    connection), the second finds the job and stores nothing again (tasks.store.jobs._CREATE)."""
     try:
         store_it()
     except redis.RedisError:
@@ -140,21 +141,21 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
     it and send it a task of its own. Returns the job id.
 
     check_rate_limit: count it against VIGIL_RATE_LIMIT in the same script call (the fast path,
-    which has no before_request hook); over the limit, store.OverRateLimit, nothing stored.
-    job_id: the id to store it under (store.new_job_id()); called again with the same id
+    which has no before_request hook); over the limit, rates.OverRateLimit, nothing stored.
+    job_id: the id to store it under (jobs.new_job_id()); called again with the same id
     after a failure, it finds the job stored by the first call, if any, and stores no other.
     With VIGIL_REDIS_WAIT_REPLICAS, returns only once replicas have the job, else raises
     replication.NotReplicated (the job stays stored and queued).
     """
     rate_limit = svc.settings.rate_limit if check_rate_limit else 0
     if not svc.settings.micro_batch:
-        job_id = store.create_job(svc.redis, svc.settings, tenant, kind="validate",
+        job_id = jobs.create_job(svc.redis, svc.settings, tenant, kind="validate",
                                   events=[event], rate_limit=rate_limit, job_id=job_id,
                                   single=True)
         svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
         replication.confirm(svc, tenant, job_id)
         return job_id
-    job_id, wake = store.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
+    job_id, wake = jobs.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
                                           job_id=job_id)
     if wake:
         try:
@@ -171,12 +172,12 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
 def latest_jobs(svc: Services, tenant: str, limit: int, before: str | None) -> dict:
     """A page of the tenant's latest jobs (newest first) and where the next page starts."""
     # One more than asked: whether there is a next page.
-    ids = store.recent_job_ids(svc.redis, tenant, limit + 1, before)
+    ids = jobs.recent_job_ids(svc.redis, tenant, limit + 1, before)
     if ids is None:
         abort(404, message=f"Job {before!r} is not in the list of latest jobs (it expired, or "
                            "was pushed out by newer ones); start again without `before`.")
-    jobs = [job for job in store.get_jobs(svc.redis, tenant, ids[:limit]) if job]
-    return {"jobs": [job_document(job, None) for job in jobs],
+    found = [job for job in jobs.get_jobs(svc.redis, tenant, ids[:limit]) if job]
+    return {"jobs": [job_document(job, None) for job in found],
             "next_before": ids[limit - 1] if len(ids) > limit else None}
 
 
@@ -190,8 +191,8 @@ def document_json(job: dict, results_json: bytes | None) -> bytes:
 def job_answer(job_id: str) -> flask.Response | tuple[dict, int, dict] | dict:
     """The caller's job as GET /v1/jobs/{id} answers it (the API's and the /ui page's)."""
     job = load_job(job_id)
-    if job["status"] in store.FINISHED:
-        raw = store.get_results_json(services().redis, flask.g.tenant, job_id)
+    if job["status"] in jobs.FINISHED:
+        raw = job_data.get_results_json(services().redis, flask.g.tenant, job_id)
         if raw is None:
             return job_document(job, None)
         return flask.Response(document_json(job, raw), mimetype="application/json")
@@ -204,7 +205,7 @@ def job_answer(job_id: str) -> flask.Response | tuple[dict, int, dict] | dict:
 
 def load_job(job_id: str) -> dict:
     """The caller's job, or 404: another tenant's job id is as unknown as a made-up one."""
-    job = store.get_job(services().redis, flask.g.tenant, job_id) if JOB_ID.fullmatch(job_id) \
+    job = jobs.get_job(services().redis, flask.g.tenant, job_id) if JOB_ID.fullmatch(job_id) \
         else None
     if job is None:
         abort(404, message=f"No job {job_id!r} (jobs expire after VIGIL_JOB_TTL seconds).")
@@ -239,10 +240,10 @@ class Jobs(MethodView):
         svc, tenant = services(), flask.g.tenant
         if "ids" not in query:
             return latest_jobs(svc, tenant, query["limit"], query.get("before"))
-        found = [job for job in store.get_jobs(svc.redis, tenant, list(dict.fromkeys(query["ids"])))
+        found = [job for job in jobs.get_jobs(svc.redis, tenant, list(dict.fromkeys(query["ids"])))
                  if job]
-        finished = [job["job_id"] for job in found if job["status"] in store.FINISHED]
-        results = dict(zip(finished, store.get_many_results_json(svc.redis, tenant, finished)))
+        finished = [job["job_id"] for job in found if job["status"] in jobs.FINISHED]
+        results = dict(zip(finished, job_data.get_many_results_json(svc.redis, tenant, finished)))
         documents = b",".join(document_json(job, results.get(job["job_id"])) for job in found)
         return flask.Response(b'{"jobs":[' + documents + b"]}", mimetype="application/json")
 
@@ -268,8 +269,8 @@ class Job(MethodView):
     def delete(self, job_id: str):
         """Cancel a job that has not finished"""
         load_job(job_id)
-        status = store.cancel_job(services().redis, flask.g.tenant, job_id)
-        if status != store.CANCELLED:
+        status = jobs.cancel_job(services().redis, flask.g.tenant, job_id)
+        if status != jobs.CANCELLED:
             abort(409, message=f"The job has already {status}; only unfinished jobs cancel.")
         return job_document(load_job(job_id), None)
 
@@ -303,7 +304,7 @@ def utc_iso(epoch: float) -> str:
 def results_csv_response(job_id: str) -> flask.Response:
     """The caller's job results as a CSV download (the API's and the /ui page's)."""
     job = load_job(job_id)
-    results = store.get_results(services().redis, flask.g.tenant, job_id)
+    results = job_data.get_results(services().redis, flask.g.tenant, job_id)
     if results is None:
         abort(409, message=f"The job is {job['status']} and has no results; results exist once it "
                            "succeeded, or once it failed after judging some of its events.")

@@ -333,7 +333,7 @@ JOB_ID = re.compile(r"[0-9a-f]{32}")
 MAX_JOB_IDS = 100
 DEFAULT_JOBS_PAGE = 20
 MAX_JOBS_PAGE = 200
-RECENT_JOBS_LISTED = 200  # tasks.store.RECENT_JOBS_KEPT (api/schemas.py imports no tasks/)
+RECENT_JOBS_LISTED = 200  # tasks.store.jobs.RECENT_JOBS_KEPT (api/schemas.py imports no tasks/)
 
 
 class JobQuerySchema(ma.Schema):

@@ -35,8 +35,9 @@ from api.services import services
 from core import keys, metrics
 from core.config import ConfigError, key_digest
 from core.quantiles import histogram_buckets, quantile
-from tasks import episodes, feedback, store, type_settings
+from tasks import episodes, feedback, type_settings
 from tasks.models import z_thresholds
+from tasks.store import baselines, jobs, model_blobs
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ def _backtest_view(job: dict | None) -> dict | None:
     view = {"id": job["job_id"], "status": job["status"], "error": job.get("error"),
             "proposed": _values_text(((job.get("params") or {}).get("settings")) or {}),
             "rows": []}
-    summary = job.get("summary") if job["status"] == store.SUCCEEDED else None
+    summary = job.get("summary") if job["status"] == jobs.SUCCEEDED else None
     if summary:
         current, proposed = summary["current"], summary["proposed"]
         view["rows"] = [
@@ -281,12 +282,12 @@ def _backtest_view(job: dict | None) -> dict | None:
 
 def _type_section(r, tenant: str, event_type: str, accepted: int, invalid: int,
                   jobs: list[dict] = ()) -> dict:
-    baseline = store.load_baseline(r, tenant, event_type)
-    flagged = store.flagged_rows(r, tenant, event_type)
+    baseline = baselines.load_baseline(r, tenant, event_type)
+    flagged = baselines.flagged_rows(r, tenant, event_type)
     names = sorted(baseline, key=lambda f: (-baseline[f].n, f))[:MAX_FIELDS]
     # The thresholds the z-rule uses now: calibrated per field, or VIGIL_Z_THRESHOLD.
     typed, _ = type_settings.effective(r, services().settings, tenant, event_type)
-    limits = z_thresholds(typed, store.model_meta(r, tenant, event_type), names)
+    limits = z_thresholds(typed, model_blobs.model_meta(r, tenant, event_type), names)
     fields = []
     for name in names:
         m, z = baseline[name], limits[name]["threshold"]
@@ -303,7 +304,7 @@ def _type_section(r, tenant: str, event_type: str, accepted: int, invalid: int,
             "invalid_pct": 100.0 * invalid / total if total else 0.0,
             "fields": fields, "more_fields": max(0, len(baseline) - MAX_FIELDS),
             "flagged_kept": len(flagged), "codes": sorted(codes.items()),
-            "model_version": store.model_version(r, tenant, event_type),
+            "model_version": model_blobs.model_version(r, tenant, event_type),
             "flagged_list": _flagged_list(flagged, feedback.labels(r, tenant, event_type)),
             "episodes": _episode_rows(r, tenant, event_type),
             "backtest": _backtest_view(next((j for j in jobs if j.get("kind") == "backtest"
@@ -320,7 +321,7 @@ def _job_row(job: dict) -> dict:
             "invalid": summary.get("invalid"), "error": job.get("error"),
             "json_url": flask.url_for("ui.job", job_id=job_id),
             "csv_url": flask.url_for("ui.results_csv", job_id=job_id)
-            if job.get("status") == store.SUCCEEDED and job.get("kind") == "validate" else None}
+            if job.get("status") == jobs.SUCCEEDED and job.get("kind") == "validate" else None}
 
 
 @blp.get("/")
@@ -330,25 +331,25 @@ def index():
     if tenant is None:
         return _login_page()
     r = services().redis
-    accepted, invalid = store.event_type_counts(r, tenant), store.invalid_counts(r, tenant)
+    accepted, invalid = baselines.event_type_counts(r, tenant), baselines.invalid_counts(r, tenant)
     activity = {t: accepted.get(t, 0) + invalid.get(t, 0) for t in {*accepted, *invalid}}
     ranked = sorted(activity, key=lambda t: (-activity[t], t))
     chosen = flask.request.args.get("type", "")
     shown = [chosen] if chosen in activity else ranked[:MAX_TYPES]
     chosen = chosen if chosen in activity else ""
     # With a type chosen, its jobs among every listed one; else the latest of all types.
-    listed = store.recent_job_ids(r, tenant, store.RECENT_JOBS_KEPT if chosen else MAX_JOBS)
-    jobs = [job for job in store.get_jobs(r, tenant, listed or []) if job]
+    listed = jobs.recent_job_ids(r, tenant, jobs.RECENT_JOBS_KEPT if chosen else MAX_JOBS)
+    found = [job for job in jobs.get_jobs(r, tenant, listed or []) if job]
     if chosen:
-        jobs = [job for job in jobs if job.get("event_type") == chosen][:MAX_JOBS]
-    sections = [_type_section(r, tenant, t, accepted.get(t, 0), invalid.get(t, 0), jobs)
+        found = [job for job in found if job.get("event_type") == chosen][:MAX_JOBS]
+    sections = [_type_section(r, tenant, t, accepted.get(t, 0), invalid.get(t, 0), found)
                 for t in shown]
     session_login = not flask.request.headers.get("Authorization")
     return flask.render_template(
         "ui.html", login=False, tenant=tenant, sections=sections, chosen=chosen,
         choices=ranked[:MAX_LISTED_TYPES], type_count=len(ranked),
         max_types=MAX_TYPES,
-        jobs=[_job_row(job) for job in jobs], band=BAND, flagged_colour=FLAGGED,
+        jobs=[_job_row(job) for job in found], band=BAND, flagged_colour=FLAGGED,
         verdict_times=verdict_times(),
         session_login=session_login, csrf=csrf_token(),
         notice=flask.request.args.get("notice", "")[:300], plot_points=PLOT_POINTS)
@@ -461,23 +462,23 @@ def plot():
     svc = services()
     r = svc.redis
     typed, _ = type_settings.effective(r, svc.settings, tenant, event_type)
-    z = z_thresholds(typed, store.model_meta(r, tenant, event_type), [field])[field]["threshold"]
+    z = z_thresholds(typed, model_blobs.model_meta(r, tenant, event_type), [field])[field]["threshold"]
     whole = flask.request.args.get("span") == "all"
     # Every change to a type's history or flagged list bumps one of these counters, so they
     # version the plot; read before the data, a concurrent batch only costs a re-render.
-    version = (store.event_type_counts(r, tenant).get(event_type, 0),
-               store.invalid_counts(r, tenant).get(event_type, 0))
+    version = (baselines.event_type_counts(r, tenant).get(event_type, 0),
+               baselines.invalid_counts(r, tenant).get(event_type, 0))
     key = (tenant, event_type, field, z, version, whole)
     with _render_lock:
         png = _plots.get(key)
         if png is not None:
             _plots.move_to_end(key)
             return flask.Response(png, headers=PNG_HEADERS)
-    moments = store.load_baseline(r, tenant, event_type, [field]).get(field)
-    flagged = store.flagged_rows(r, tenant, event_type)
+    moments = baselines.load_baseline(r, tenant, event_type, [field]).get(field)
+    flagged = baselines.flagged_rows(r, tenant, event_type)
     if moments is None and not any(field in row.get("v", {}) for row in flagged):
         flask.abort(404)
-    history, flagged = plotted(store.history_rows(r, tenant, event_type), flagged, field, whole)
+    history, flagged = plotted(baselines.history_rows(r, tenant, event_type), flagged, field, whole)
     with _render_lock:
         png = render_plot(history, flagged, field, moments.mean if moments else None,
                           moments.std if moments else None, z)
@@ -541,7 +542,7 @@ def start_backtest():
         return _back_to(event_type, f"{name}: {exc}", "#backtest")
     except ValueError:
         return _back_to(event_type, f"{name} takes a number.", "#backtest")
-    if store.history_count(svc.redis, tenant, event_type) < 2:
+    if baselines.history_count(svc.redis, tenant, event_type) < 2:
         return _back_to(event_type, f"{event_type!r} has no history to backtest on yet.",
                         "#backtest")
     flask.g.tenant = tenant

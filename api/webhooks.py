@@ -20,8 +20,9 @@ from api.schemas import (
     WebhookSecretInfoSchema,
 )
 from api.services import services
-from tasks import episodes, store, webhook_secrets
+from tasks import episodes, webhook_secrets
 from tasks.documents import iso
+from tasks.store import encoding, jobs, webhook_schedule
 
 blp = Blueprint("webhooks", __name__, url_prefix="/v1/webhooks",
                 description="Each tenant's webhook signing secret; deliveries that failed after "
@@ -36,7 +37,7 @@ class WebhookSecret(MethodView):
     def get(self):
         """Whether the tenant has a webhook secret, since when, and whether a replaced one still
         signs: never the secret itself"""
-        info = webhook_secrets.metadata(services().redis, flask.g.tenant, store.now())
+        info = webhook_secrets.metadata(services().redis, flask.g.tenant, encoding.now())
         return {**info, "created_at": iso(info["created_at"]),
                 "previous_expires_at": iso(info["previous_expires_at"]),
                 "overlap_seconds": webhook_secrets.OVERLAP_S}
@@ -46,7 +47,7 @@ class WebhookSecret(MethodView):
         """Create the tenant's webhook secret, or rotate it: the answer shows the new secret
         once. A replaced secret keeps signing beside the new one for 24 h (or until DELETE
         /v1/webhooks/secret/previous)"""
-        rotation = webhook_secrets.rotate(services().redis, flask.g.tenant, store.now())
+        rotation = webhook_secrets.rotate(services().redis, flask.g.tenant, encoding.now())
         answer = {"secret": rotation.secret, "created_at": iso(rotation.created_at),
                   "overlap_seconds": webhook_secrets.OVERLAP_S}
         hours = webhook_secrets.OVERLAP_S / 3600
@@ -79,8 +80,8 @@ class FailedWebhooks(MethodView):
         """Deliveries kept as failed, newest first"""
         r, tenant = services().redis, flask.g.tenant
         failed = []
-        for job_id in store.failed_webhooks(r, tenant):
-            job = store.get_job(r, tenant, job_id) or {}
+        for job_id in webhook_schedule.failed_webhooks(r, tenant):
+            job = jobs.get_job(r, tenant, job_id) or {}
             state = job.get("webhook") or {}
             failed.append({"message_id": state.get("message_id", f"msg_{job_id}"),
                            "job_id": job_id, "callback_url": job.get("callback_url"),
@@ -102,7 +103,7 @@ class RetryWebhook(MethodView):
                                f"(it is {state.get('status') or 'not started'}); only failed "
                                "deliveries are sent again.")
         svc = services()
-        store.set_webhook_state(svc.redis, flask.g.tenant, job_id, {
+        webhook_schedule.set_webhook_state(svc.redis, flask.g.tenant, job_id, {
             "status": "retrying", "attempts": 0, "message_id": f"msg_{job_id}",
             "last_error": state.get("last_error")})
         svc.enqueue("vigil.deliver_webhook", flask.g.tenant, job_id)
@@ -135,7 +136,7 @@ class EpisodeWebhook(MethodView):
         tenant's webhook secret"""
         refuse_unusable_url(body["url"], "url", "episode webhooks")
         return episode_webhook_document(episodes.set_webhook(
-            services().redis, flask.g.tenant, body["url"], store.now()))
+            services().redis, flask.g.tenant, body["url"], encoding.now()))
 
     @blp.response(204)
     def delete(self):

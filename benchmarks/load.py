@@ -36,7 +36,7 @@ import orjson
 
 from core import keys
 from core.config import DEV_API_KEY, DEV_TENANT
-from tasks import store
+from tasks.store import jobs
 
 HEADERS = {"Authorization": f"Bearer {DEV_API_KEY}", "Content-Type": "application/json"}
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -466,7 +466,7 @@ def saturate(url: str, redis_url: str, event_type: str, seconds: float,
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    jobs: list[str] = []
+    submitted: list[str] = []
 
     async def submit(n: int) -> None:
         http = Http(url)  # connections belong to the event loop of this asyncio.run
@@ -475,7 +475,7 @@ def saturate(url: str, redis_url: str, event_type: str, seconds: float,
             status, answer = await http.request("POST", "/v1/jobs", bodies[k % len(bodies)])
             if status != 202:  # an unsaturated measurement must not pass for a saturated one
                 raise RuntimeError(f"POST /v1/jobs answered {status}: {answer[:300]!r}")
-            jobs.append(orjson.loads(answer)["job_id"])
+            submitted.append(orjson.loads(answer)["job_id"])
         try:
             for k in range(0, n, 2):  # two at a time: the API has two workers
                 await asyncio.gather(*(one(k + i) for i in range(min(2, n - k))))
@@ -492,13 +492,13 @@ def saturate(url: str, redis_url: str, event_type: str, seconds: float,
     print("ready", flush=True)
     deadline = time.monotonic() + seconds
     while not stop and time.monotonic() < deadline:
-        if statuses(jobs[-5:]).count("queued") < 3:  # jobs start in order: the newest tell
+        if statuses(submitted[-5:]).count("queued") < 3:  # jobs start in order: the newest tell
             asyncio.run(submit(3))
         time.sleep(0.2)
     done = 0
-    for job_id, status in zip(list(jobs), statuses(jobs)):
+    for job_id, status in zip(list(submitted), statuses(submitted)):
         if status == "queued":
-            store.cancel_job(r, DEV_TENANT, job_id)
+            jobs.cancel_job(r, DEV_TENANT, job_id)
         elif status == "succeeded":
             done += 1000
     return done

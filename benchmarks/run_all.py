@@ -46,7 +46,8 @@ from core.localredis import AOF_REWRITE_MIN_SIZE
 from core.quantiles import Buckets, difference, histogram_buckets, quantile
 from core.server import DEFAULT_SERVER
 from ml.stats import Moments
-from tasks import WORKER_ARGS, store
+from tasks import WORKER_ARGS
+from tasks.store import baselines, jobs, model_blobs
 
 MAIN_TYPE = "bench"
 HISTORY_ROWS = 2000
@@ -121,13 +122,13 @@ def import_history(url: str, event_type: str, rows: list[dict]) -> None:
 
 def seed_moments(redis_url: str, event_type: str, extra: int) -> None:
     """Merge the all-time moments of `extra` synthetic values per field (numpy, like the
-    history) into the baseline with tasks.store.apply_batch. No history rows: the history
+    history) into the baseline with tasks.store.baselines.apply_batch. No history rows: the history
     list is bounded (VIGIL_HISTORY_MAX_ROWS) and already full from the import."""
     rng = np.random.default_rng(11)
     fields = {"amount": 0, "cart.items": 1, "latency_ms": 2}
     moments = {f: Moments.of(rng.normal(load.MEANS[i], load.STDS[i], size=extra))
                for f, i in fields.items()}
-    store.apply_batch(redis.Redis.from_url(redis_url), Settings(redis_url=redis_url), DEV_TENANT,
+    baselines.apply_batch(redis.Redis.from_url(redis_url), Settings(redis_url=redis_url), DEV_TENANT,
                       event_type, f"bench-synthetic-{event_type}", moments, rows=[])
 
 
@@ -161,10 +162,10 @@ def wait_answering(url: str, timeout_s: float = 90) -> None:
 
 def type_figures(redis_url: str, event_type: str) -> dict:
     r = redis.Redis.from_url(redis_url)
-    baseline = store.load_baseline(r, DEV_TENANT, event_type, ["amount"])
-    meta = store.model_meta(r, DEV_TENANT, event_type) or {}
+    baseline = baselines.load_baseline(r, DEV_TENANT, event_type, ["amount"])
+    meta = model_blobs.model_meta(r, DEV_TENANT, event_type) or {}
     return {"n": baseline["amount"].n if baseline else 0,
-            "rows": store.history_count(r, DEV_TENANT, event_type),
+            "rows": baselines.history_count(r, DEV_TENANT, event_type),
             "model_rows": meta.get("rows")}
 
 
@@ -276,10 +277,10 @@ def bench_vigil(procs: Processes, scale: float, results: dict) -> None:
 
     log("1. batch path")
     r = redis.Redis.from_url(redis_url)
-    version = store.model_version(r, DEV_TENANT, MAIN_TYPE) or 0
+    version = model_blobs.model_version(r, DEV_TENANT, MAIN_TYPE) or 0
     results["batch"] = measured("Vigil batch", lambda: run(
         load.batch_stream(stack.url, jobs, SECONDS["batch"] * scale, in_flight=4)))
-    results["retrained"] = (store.model_version(r, DEV_TENANT, MAIN_TYPE) or 0) - version
+    results["retrained"] = (model_blobs.model_version(r, DEV_TENANT, MAIN_TYPE) or 0) - version
     wait_idle(redis_url)
     log("1. in-process ceiling")
     for key, parsing in (("ceiling", True), ("ceiling_checks", False)):
@@ -327,7 +328,7 @@ def bench_reference_b(procs: Processes, scale: float, results: dict) -> None:
     redis_url = procs.start_redis("redis-b")
     # Seeded with the code the history-import task runs, in this process (no workers here).
     r, cfg = redis.Redis.from_url(redis_url), Settings(redis_url=redis_url)
-    job_id = store.create_job(r, cfg, DEV_TENANT, kind="history", events=load.history(HISTORY_ROWS),
+    job_id = jobs.create_job(r, cfg, DEV_TENANT, kind="history", events=load.history(HISTORY_ROWS),
                               event_type=MAIN_TYPE)
     import_in_process(r, cfg, DEV_TENANT, {"job_id": job_id, "event_type": MAIN_TYPE})
     log(f"starting reference (b): benchmarks.sync_api under {DEFAULT_SERVER} as Vigil's API")
@@ -573,7 +574,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         "through the API (the")
     add("   history list keeps VIGIL_HISTORY_MAX_ROWS=10,000 anyway) + the moments of 10^7 - 10^4 "
         "numpy values merged")
-    add("   with tasks.store.apply_batch. Judging reads O(1) moments per field and scores with a "
+    add("   with tasks.store.baselines.apply_batch. Judging reads O(1) moments per field and scores with a "
         "model of 100 trees of")
     add("   at most 256 samples each, trained on at most 10,000 rows: neither grows with history. "
         "events/s moves with")

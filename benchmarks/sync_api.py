@@ -31,7 +31,7 @@ from api.auth import tenant_for
 from api.schemas import EventSchema, JobSubmitSchema
 from core import keys
 from core.config import Settings
-from tasks import store
+from tasks.store import encoding
 from tasks.validate import chunks_by_type, judge_chunk
 from tasks.verdicts import Judge
 
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> flask.Flask:
             return problem(400, f"Malformed JSON: {exc}")
         except ma.ValidationError as exc:
             return problem(422, "Invalid request.", {"json": exc.messages})
-        body = store.dumps(judge_body(tenant, parsed))
+        body = encoding.dumps(judge_body(tenant, parsed))
         r.set(keys.job_results(tenant, uuid.uuid4().hex), body, ex=cfg.job_ttl_s)
         return flask.Response(body, 200, mimetype="application/json")
 

@@ -2,7 +2,7 @@
 
 Pure: arrays in, numbers out. The z-rule's threshold for a field is chosen so that about
 ``rate`` of values like its history would be flagged, measured by replaying the history
-through the same baselines the service keeps (tasks/store.py's _APPLY_BATCH): each value is
+through the same baselines the service keeps (tasks/store/lua/apply_batch.lua): each value is
 scored against the all-time moments and the recent (exponentially weighted, clipped) baseline
 built from the values before it, exactly as it would have been judged.
 """
@@ -54,7 +54,7 @@ def replay_absz(values: np.ndarray, *, min_history: int, alpha: float, clip: flo
     against the baselines built from the values before it (time order).
 
     all-time: exact running moments (population std). recent: weight max(1/n, alpha), values
-    clipped to mean +/- clip*std once ``min_history`` were seen (tasks/store.py's Lua, kept
+    clipped to mean +/- clip*std once ``min_history`` were seen (tasks/store/lua/apply_batch.lua, kept
     about the first value as it keeps them about a reference, for precision). mode "both":
     min(|z_all|, |z_recent|); "all_time"/"recent": that one; "robust": against the median and
     1.4826*MAD of all the values (the model's training sample is the history).

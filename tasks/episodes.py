@@ -19,6 +19,7 @@ import redis
 from core import keys
 from core.config import Settings
 from ml.episodes import Outcome, State, Step, advance, episode_id, peak_of, rule_of
+from tasks.store import lua
 
 # Episodes kept per event type (the newest by opened_at); older ones are dropped.
 EPISODES_KEPT = 200
@@ -29,23 +30,7 @@ MAX_LISTED = EPISODES_KEPT
 # transaction applies: both look at the same batch markers (KEYS[4..]) with nothing in
 # between, so both decide alike. KEYS: state, episodes hash, index; ARGV: state JSON, how
 # many to keep, then (id, opened_at, JSON) per changed episode.
-_WRITE = """
-for k = 4, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then return 0 end
-end
-redis.call('SET', KEYS[1], ARGV[1])
-for i = 3, #ARGV, 3 do
-  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
-  redis.call('ZADD', KEYS[3], ARGV[i + 1], ARGV[i])
-end
-local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[2])
-if extra > 0 then
-  local old = redis.call('ZRANGE', KEYS[3], 0, extra - 1)
-  redis.call('ZREMRANGEBYRANK', KEYS[3], 0, extra - 1)
-  redis.call('HDEL', KEYS[2], unpack(old))
-end
-return 1
-"""
+_WRITE = lua.text("episodes_write")
 
 
 def load_state(r: redis.Redis, tenant: str, event_type: str) -> State:

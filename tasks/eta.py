@@ -6,11 +6,11 @@ on its own:
 - 'jobs', the default queue (batch jobs, history imports; single events with
   VIGIL_MICRO_BATCH=off). Work ahead: the events not yet judged of every unfinished job created
   no later than this one, from keys.pending_events, one entry per job, written with the job
-  (tasks.store._CREATE), updated at each chunk's progress and dropped at its finish.
+  (tasks.store.jobs._CREATE), updated at each chunk's progress and dropped at its finish.
   Why entries per job rather than one counter incremented at submit and decremented when
   judged: a job lost before it ran (a broker that refused its message), cancelled while queued,
   expired, or a worker that died between the finish and the decrement would leave a counter
-  wrong for good; an entry names its job, so the sweep (tasks.store.drop_finished_pending,
+  wrong for good; an entry names its job, so the sweep (tasks.store.jobs.drop_finished_pending,
   every EVENTS_SWEEP_S) drops those whose job finished or is gone, and a redelivered job
   rewrites its own entry rather than counting twice.
   Why not the Celery queue's length: it counts messages, and one message may be one event
@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import redis
 
 from core import keys
+from tasks.store import lua
 
 JOBS, EVENTS = "jobs", "events"
 WINDOW_S = 60
@@ -62,69 +63,15 @@ BUCKETS_KEPT = WINDOW_S + 10
 
 # Counts n events judged in ms milliseconds in the buckets of `second`, in the events and
 # milliseconds hashes; trims buckets older than the window once there are more than `kept`
-# (a lane writes at most one bucket a second).
-COUNT_JUDGED = """
-local function count_judged(events_key, ms_key, second, n, ms, ttl, kept, window)
-  redis.call('HINCRBY', events_key, second, n)
-  redis.call('HINCRBY', ms_key, second, ms)
-  for _, key in ipairs({events_key, ms_key}) do
-    redis.call('EXPIRE', key, ttl)
-    if redis.call('HLEN', key) > kept then
-      for _, s in ipairs(redis.call('HKEYS', key)) do
-        if tonumber(s) < second - window then redis.call('HDEL', key, s) end
-      end
-    end
-  end
-end
-"""
-_RECORD = COUNT_JUDGED + "count_judged(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[2], " \
-                         "ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6]))"
+# (a lane writes at most one bucket a second). lua/count_judged.lua: a Lua function, shared
+# with the progress script of tasks.store.jobs, prepended to each script that calls it.
+_RECORD = lua.text("count_judged", "record_judged")
 
 # The inputs of a job's estimate in one round trip: {lane (1 jobs, 0 events), events ahead
 # (its own included), events judged in the window, milliseconds the lane was busy then}.
 # KEYS: pending-events, judged:jobs, judging-ms:jobs, judged:events, judging-ms:events,
 # inbox, claimed. ARGV: the job's entry, the window's first second.
-_READ = """
-local since = tonumber(ARGV[2])
-local function judged(key, ms_key)
-  local flat = redis.call('HGETALL', key)
-  local seconds, sum = {}, 0
-  for i = 1, #flat, 2 do
-    local s = tonumber(flat[i])
-    if s >= since then
-      sum = sum + tonumber(flat[i + 1])
-      seconds[#seconds + 1] = s
-    end
-  end
-  if sum == 0 then return 0, 0 end
-  table.sort(seconds)
-  local ms_of = {}
-  flat = redis.call('HGETALL', ms_key)
-  for i = 1, #flat, 2 do ms_of[tonumber(flat[i])] = tonumber(flat[i + 1]) end
-  local busy = 0
-  for k, s in ipairs(seconds) do
-    local ms = ms_of[s] or 0
-    if k > 1 then ms = math.min(ms, (s - seconds[k - 1]) * 1000) end
-    busy = busy + ms
-  end
-  return sum, busy
-end
-local mine = redis.call('HGET', KEYS[1], ARGV[1])
-if not mine then
-  local ahead = redis.call('LLEN', KEYS[6]) + redis.call('ZCARD', KEYS[7])
-  local sum, busy = judged(KEYS[4], KEYS[5])
-  return {0, ahead, sum, busy}
-end
-local created = tonumber(string.match(mine, '^(%S+)'))
-local ahead = 0
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 2, #flat, 2 do
-  local at, left = string.match(flat[i], '^(%S+) (%S+)$')
-  if tonumber(at) <= created then ahead = ahead + tonumber(left) end
-end
-local sum, busy = judged(KEYS[2], KEYS[3])
-return {1, ahead, sum, busy}
-"""
+_READ = lua.text("backlog")
 
 
 def pending_entry(tenant: str, job_id: str) -> str:

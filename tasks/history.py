@@ -11,9 +11,10 @@ from core import keys
 from core.config import Settings
 from ml.features import payload_frame
 from ml.stats import column_moments
-from tasks import store, type_settings
+from tasks import type_settings
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import TRAINING_LOCK_S, train
+from tasks.store import baselines, job_data, jobs
 from tasks.validate import accepted_rows, values_in_order
 
 # Rows merged per script call: keeps each Redis call short so it never blocks others long.
@@ -37,18 +38,18 @@ def import_history(r: redis.Redis, cfg: Settings, tenant: str,
 
 def _import(r: redis.Redis, cfg: Settings, tenant: str, job_id: str,
             event_type: str) -> tuple[dict, None]:
-    events = sorted(store.get_events(r, tenant, job_id), key=lambda e: e["timestamp"])
+    events = sorted(job_data.get_events(r, tenant, job_id), key=lambda e: e["timestamp"])
     fields: set[str] = set()
     for start in range(0, len(events), CHUNK):
         chunk = events[start:start + CHUNK]
         values = payload_frame([e["payload"] for e in chunk])
         fields.update(values.columns)
         matrix, columns = values.to_numpy(dtype=float), list(values.columns)
-        store.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}",
+        baselines.apply_batch(r, cfg, tenant, event_type, f"{job_id}:{start}",
                           column_moments(matrix, columns),
                           accepted_rows(values, [e["timestamp"] for e in chunk]),
                           recent=values_in_order(matrix, columns))
-        store.set_progress(r, tenant, job_id, start + len(chunk))
+        jobs.set_progress(r, tenant, job_id, start + len(chunk))
     summary = {"events": len(events), "fields": sorted(fields)}
     return {**summary, **_train_summary(r, cfg, tenant, event_type)}, None
 
@@ -57,7 +58,7 @@ def _train_summary(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) 
     typed, settings_version = type_settings.effective(r, cfg, tenant, event_type)
     meta = train(r, typed, tenant, event_type, settings_version)
     if meta is None:
-        rows = store.history_count(r, tenant, event_type)
+        rows = baselines.history_count(r, tenant, event_type)
         if rows >= typed.model_min_rows:
             return {"model": None, "model_note": "the type's settings check none of its "
                                                  "fields (check_fields, ignore_fields)"}

@@ -6,7 +6,7 @@ of VIGIL_LEVEL_SHIFT_RUN gets a ``level_shift`` warning, the recent baseline of 
 re-seeds there (mean of the run, the larger of the run's and the previous variance), and the
 chunk's later values of that field are judged again against the re-seeded baseline: the new
 level is valid from the next value on. The merge then re-seeds the stored recent baseline at
-the same value (tasks.store.apply_batch, ``reseeds``) and writes the runs, only if the merge
+the same value (tasks.store.baselines.apply_batch, ``reseeds``) and writes the runs, only if the merge
 applies (a redelivered batch changes nothing twice). The all-time baseline is untouched.
 The anomaly model learnt the old level: from the shift on it is set aside (its opinions on
 the chunk's later events dropped, a ``model_outdated`` note instead) until a model is trained
@@ -32,6 +32,7 @@ from core.config import Settings
 from ml.level_shift import Run, first_shift, reseed
 from ml.stats import Moments
 from tasks.models import outdated_note
+from tasks.store import lua
 from tasks.verdicts import Judge, judge_events, level_shift_warning
 
 # The baseline modes in which the recent baseline judges values: only there does re-seeding
@@ -204,17 +205,7 @@ def marks(shifts: Shifts | None, matrix: np.ndarray, columns: list[str],
 # right after it in the same transaction applies: both look at the same batch markers
 # (KEYS[3..]) with nothing in between, so both decide alike. KEYS: runs, level_shift_at;
 # ARGV: the last shift's timestamp ('' if none), then (field, run JSON or '' to delete) pairs.
-_WRITE = """
-for k = 3, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then return 0 end
-end
-if ARGV[1] ~= '' then redis.call('SET', KEYS[2], ARGV[1]) end
-for i = 2, #ARGV, 2 do
-  if ARGV[i + 1] == '' then redis.call('HDEL', KEYS[1], ARGV[i])
-  else redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-end
-return 1
-"""
+_WRITE = lua.text("level_shifts_write")
 
 
 def queue_write(pipe: redis.client.Pipeline, tenant: str, event_type: str,

@@ -11,8 +11,8 @@ import redis
 
 from core import metrics
 from core.config import Settings
-from tasks import store
 from tasks.context import redis_client, settings, through_outages
+from tasks.store import jobs
 from tasks.webhooks import deliver_webhook
 
 log = logging.getLogger(__name__)
@@ -55,33 +55,33 @@ def run_job(tenant: str, job_id: str, work: Work) -> str | None:
     rather than redelivering a job that cannot succeed.
     """
     r, cfg = redis_client(), settings()
-    deliveries = through_outages(lambda: store.start_job(r, tenant, job_id), "start job")
+    deliveries = through_outages(lambda: jobs.start_job(r, tenant, job_id), "start job")
     if deliveries < 0:
         return None  # finished, cancelled or expired: a redelivery has nothing to do
-    job = through_outages(lambda: store.get_job(r, tenant, job_id), "load job")
+    job = through_outages(lambda: jobs.get_job(r, tenant, job_id), "load job")
     if deliveries > MAX_DELIVERIES:
-        status, summary, results = store.FAILED, None, None
+        status, summary, results = jobs.FAILED, None, None
         error = died_too_often(deliveries)
     else:
         try:
             summary, results = through_outages(lambda: work(r, cfg, tenant, job), "run job")
-            status, error = store.SUCCEEDED, None
+            status, error = jobs.SUCCEEDED, None
         except redis.RedisError:
             raise
         except JobError as exc:
-            status, summary, results, error = store.FAILED, exc.summary, exc.results, str(exc)
+            status, summary, results, error = jobs.FAILED, exc.summary, exc.results, str(exc)
         except Exception as exc:
             log.exception("job failed", extra={"tenant": tenant, "job_id": job_id})
-            status, summary, results = store.FAILED, None, None
+            status, summary, results = jobs.FAILED, None, None
             error = f"{type(exc).__name__}: {exc}"
     kind = (job or {}).get("kind")
-    if not through_outages(lambda: store.finish_job(r, cfg, tenant, job_id, status,
+    if not through_outages(lambda: jobs.finish_job(r, cfg, tenant, job_id, status,
                                                     summary=summary, results=results,
                                                     error=error), "finish job"):
-        metrics.record_job(kind, store.CANCELLED, None)
-        return store.CANCELLED
+        metrics.record_job(kind, jobs.CANCELLED, None)
+        return jobs.CANCELLED
     metrics.record_job(kind, status, summary, results)
-    if kind == "validate" and status == store.SUCCEEDED and job and "created_at" in job:
+    if kind == "validate" and status == jobs.SUCCEEDED and job and "created_at" in job:
         # A single event here was sent a task of its own (VIGIL_MICRO_BATCH=off).
         metrics.record_time_to_verdict("single" if job.get("single") else "batch",
                                        time.time() - job["created_at"])

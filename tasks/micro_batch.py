@@ -21,9 +21,10 @@ import redis
 from celery import shared_task
 
 from core import metrics
-from tasks import eta, inbox, store
+from tasks import eta, inbox
 from tasks.context import redis_client, settings, through_outages
 from tasks.lifecycle import MAX_DELIVERIES, died_too_often
+from tasks.store import job_data, jobs
 from tasks.validate import judge_jobs, summarise
 from tasks.webhooks import deliver_webhook
 
@@ -83,7 +84,7 @@ def sweep_events() -> None:
     pending entries of jobs that ended without dropping theirs (tasks.eta): here, as this
     sweep already runs every few seconds."""
     r = redis_client()
-    store.drop_finished_pending(r)
+    jobs.drop_finished_pending(r)
     reclaimed = inbox.reclaim_lapsed(r, time.time())
     if reclaimed:
         log.warning("single events reclaimed from a worker that stopped",
@@ -93,11 +94,11 @@ def sweep_events() -> None:
 
 
 def outcome(results: list[dict], error: str | None) -> tuple:
-    """A job's (status, summary, results, error) for store.finish_jobs. A failed job reports
+    """A job's (status, summary, results, error) for jobs.finish_jobs. A failed job reports
     the verdicts of the events it merged, if any (a single event's: none)."""
     if error is None:
-        return store.SUCCEEDED, summarise(results), results, None
-    return store.FAILED, summarise(results) if results else None, results or None, error
+        return jobs.SUCCEEDED, summarise(results), results, None
+    return jobs.FAILED, summarise(results) if results else None, results or None, error
 
 
 def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
@@ -109,14 +110,14 @@ def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
     succeed.
     """
     cfg = settings()
-    deliveries = through_outages(partial(store.start_jobs, r, tenant, job_ids), "start jobs")
+    deliveries = through_outages(partial(jobs.start_jobs, r, tenant, job_ids), "start jobs")
     runnable = [j for j, d in zip(job_ids, deliveries) if 0 <= d <= MAX_DELIVERIES]
     outcomes: dict[str, tuple] = {
-        j: (store.FAILED, None, None, died_too_often(d))
+        j: (jobs.FAILED, None, None, died_too_often(d))
         for j, d in zip(job_ids, deliveries) if d > MAX_DELIVERIES}
     if runnable:
         events = dict(zip(runnable, through_outages(
-            partial(store.get_many_events, r, tenant, runnable), "load events")))
+            partial(job_data.get_many_events, r, tenant, runnable), "load events")))
         try:
             judged = through_outages(partial(judge_jobs, r, cfg, tenant, events), "judge")
         except redis.RedisError:
@@ -125,15 +126,15 @@ def run_batch(r: redis.Redis, tenant: str, job_ids: list[str]) -> None:
             # judge_jobs fails only the jobs of a type it cannot judge, before merging them;
             # this is for a failure outside any type's judging.
             log.exception("micro-batch failed", extra={"tenant": tenant, "jobs": len(runnable)})
-            outcomes.update({j: (store.FAILED, None, None, f"{type(exc).__name__}: {exc}")
+            outcomes.update({j: (jobs.FAILED, None, None, f"{type(exc).__name__}: {exc}")
                              for j in runnable})
         else:
             outcomes.update({j: outcome(res, judged.failed.get(j)) for j, res in judged.items()})
-    finished = through_outages(partial(store.finish_jobs, r, cfg, tenant, outcomes), "finish")
+    finished = through_outages(partial(jobs.finish_jobs, r, cfg, tenant, outcomes), "finish")
     metrics.record_jobs("validate", outcomes, finished)
     finished_at = time.time()
     for job_id, created_at in finished.items():
-        if created_at is not None and outcomes[job_id][0] == store.SUCCEEDED:
+        if created_at is not None and outcomes[job_id][0] == jobs.SUCCEEDED:
             metrics.record_time_to_verdict("single", finished_at - created_at)
-    for job_id in store.callback_urls(r, tenant, list(finished)):
+    for job_id in jobs.callback_urls(r, tenant, list(finished)):
         deliver_webhook.delay(tenant, job_id)

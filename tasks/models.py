@@ -21,8 +21,9 @@ from ml.calibration import (
 )
 from ml.features import DELTA_PREFIX, TIME_OF_DAY, model_frame
 from ml.model_io import dump_model, load_model
-from tasks import store, type_settings
+from tasks import type_settings
 from tasks.context import redis_client, settings
+from tasks.store import baselines, encoding, model_blobs
 
 log = logging.getLogger(__name__)
 TRAINING_LOCK_S = 600
@@ -36,14 +37,14 @@ _cache: dict[tuple[str, str, str], tuple[int, AnomalyModel]] = {}
 
 def current_model(r: redis.Redis, url: str, tenant: str,
                   event_type: str) -> tuple[int, AnomalyModel] | None:
-    version = store.model_version(r, tenant, event_type)
+    version = model_blobs.model_version(r, tenant, event_type)
     if version is None:
         return None
     key = (url, tenant, event_type)
     cached = _cache.get(key)
     if cached and cached[0] == version:
         return cached
-    found = store.model_blob(r, tenant, event_type)
+    found = model_blobs.model_blob(r, tenant, event_type)
     if found is None:
         return None
     loaded = (found[0], load_model(found[1]))
@@ -62,7 +63,7 @@ def meta_of(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     cached = _metas.get(key)
     if cached and cached[0] == version:
         return cached[1]
-    meta = store.model_meta(r, tenant, event_type) or {}
+    meta = model_blobs.model_meta(r, tenant, event_type) or {}
     if meta.get("version") != version:
         return {}
     _metas[key] = (version, meta)
@@ -114,7 +115,7 @@ def no_model_note(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -
     """The note of an event judged while its type has no model: one is being trained (a
     training or history import holds the type's training lock, or the history is long
     enough: training follows), or how much history one needs."""
-    rows = store.history_count(r, tenant, event_type)
+    rows = baselines.history_count(r, tenant, event_type)
     if rows >= cfg.model_min_rows or r.exists(keys.training_lock(tenant, event_type)):
         message = ("no anomaly model for this event type yet: one is being trained on its "
                    f"history ({rows} events so far) and judges the events sent once it is "
@@ -133,8 +134,8 @@ def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     Returns its metadata, or None when the history is too short to learn from (or no field
     of it is checked).
     """
-    new_rows = store.new_rows_since_training(r, tenant, event_type)
-    rows = store.history_rows(r, tenant, event_type)
+    new_rows = model_blobs.new_rows_since_training(r, tenant, event_type)
+    rows = baselines.history_rows(r, tenant, event_type)
     if len(rows) < cfg.model_min_rows:
         return None
     rows.sort(key=lambda row: row["ts"])
@@ -151,11 +152,11 @@ def train(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
         return None
     model, meta = fitted
     meta.update(trained_from=trained_from, settings_version=settings_version)
-    version = store.save_model(r, tenant, event_type, dump_model(model), meta,
+    version = model_blobs.save_model(r, tenant, event_type, dump_model(model), meta,
                                trained_on_new_rows=new_rows)
     log.info("trained model", extra={"tenant": tenant, "event_type": event_type,
                                      "version": version, "rows": model.n_rows_})
-    return store.model_meta(r, tenant, event_type)
+    return model_blobs.model_meta(r, tenant, event_type)
 
 
 def fit(cfg: Settings, rows: list[dict]) -> tuple[AnomalyModel, dict] | None:
@@ -249,16 +250,16 @@ def wants_training(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) 
     older than VIGIL_RETRAIN_INTERVAL. Training and every worker's reload cost about a second
     of CPU: under steady load, retraining at every few hundred events would eat the workers.
     A model outdated by a level shift is replaced as soon as the new level has enough rows."""
-    rows = store.history_count(r, tenant, event_type)
-    meta = store.model_meta(r, tenant, event_type)
+    rows = baselines.history_count(r, tenant, event_type)
+    meta = model_blobs.model_meta(r, tenant, event_type)
     if meta is None:
         return rows >= cfg.model_min_rows
     shift_at = level_shift_at(r, tenant, event_type)
     if outdated(meta, shift_at):  # at once when the new level has enough rows
-        return store.has_rows_since(r, tenant, event_type, shift_at, rows_for_new_level(cfg))
-    new = store.new_rows_since_training(r, tenant, event_type)
+        return baselines.has_rows_since(r, tenant, event_type, shift_at, rows_for_new_level(cfg))
+    new = model_blobs.new_rows_since_training(r, tenant, event_type)
     return (new >= max(cfg.retrain_min_new_rows, RETRAIN_GROWTH * rows)
-            and store.now() - meta["trained_at"] >= cfg.retrain_interval_s)
+            and encoding.now() - meta["trained_at"] >= cfg.retrain_interval_s)
 
 
 def schedule_training(r: redis.Redis, cfg: Settings, tenant: str, event_type: str) -> bool:
@@ -284,7 +285,7 @@ def retrain_due() -> int:
     """Beat: train every event type that has no model yet or enough new history."""
     r, cfg = redis_client(), settings()
     scheduled = 0
-    for tenant, event_type in store.known_types(r):
+    for tenant, event_type in baselines.known_types(r):
         typed, _ = type_settings.effective(r, cfg, tenant, event_type)
         if wants_training(r, typed, tenant, event_type):
             scheduled += schedule_training(r, typed, tenant, event_type)

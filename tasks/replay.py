@@ -25,9 +25,10 @@ from ml.anomaly import AnomalyModel, robust_moments, training_frame
 from ml.episodes import State, Step, advance, rule_of
 from ml.features import model_frame
 from ml.stats import Moments
-from tasks import feedback, store, type_settings
+from tasks import feedback, type_settings
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import calibrated_thresholds, current_model, derived_in, fit
+from tasks.store import baselines
 from tasks.validate import checked_fields
 from tasks.verdicts import Judge, judge_events
 
@@ -58,9 +59,9 @@ def stored_events(r: redis.Redis, tenant: str, event_type: str, since: float | N
     labels = {_identity(x["ts"], x.get("v", {})): x["label"]
               for x in feedback.labels(r, tenant, event_type).values()}
     found: dict[bytes, Stored] = {}
-    for row in store.history_rows(r, tenant, event_type):
+    for row in baselines.history_rows(r, tenant, event_type):
         found[_identity(row["ts"], row["v"])] = Stored(row["ts"], row["v"], None)
-    for row in store.flagged_rows(r, tenant, event_type):
+    for row in baselines.flagged_rows(r, tenant, event_type):
         found[_identity(row["ts"], row["v"])] = Stored(row["ts"], row["v"],
                                                        tuple(row.get("codes", ())))
     events = [replace(event, label=labels.get(identity)) for identity, event in found.items()
@@ -125,11 +126,11 @@ def evidence(verdict: dict) -> dict:
             "warnings": [{k: w[k] for k in keep if k in w} for w in verdict["warnings"]]}
 
 
-def baselines(r: redis.Redis, tenant: str, event_type: str, fields: Sequence[str]
+def current_baselines(r: redis.Redis, tenant: str, event_type: str, fields: Sequence[str]
               ) -> tuple[dict[str, Moments], dict[str, Moments]]:
     """Today's all-time and recent baselines of these fields."""
-    return (store.load_baseline(r, tenant, event_type, fields),
-            store.load_recent(r, tenant, event_type, fields))
+    return (baselines.load_baseline(r, tenant, event_type, fields),
+            baselines.load_recent(r, tenant, event_type, fields))
 
 
 def today(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
@@ -137,7 +138,7 @@ def today(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     """What judges a new event of the type now: its settings, baselines, model, thresholds."""
     found = current_model(r, cfg.redis_url, tenant, event_type)
     version, model = found if found else (None, None)
-    return Judging(cfg, *baselines(r, tenant, event_type, fields), model, version,
+    return Judging(cfg, *current_baselines(r, tenant, event_type, fields), model, version,
                    calibrated_thresholds(r, cfg, tenant, event_type, version))
 
 
@@ -194,7 +195,7 @@ def backtest(r: redis.Redis, cfg: Settings, tenant: str,
     """The type's stored events judged under its current settings and under the proposed
     ones, side by side; nothing is stored but this answer."""
     event_type, params = job["event_type"], job.get("params") or {}
-    history = sorted(store.history_rows(r, tenant, event_type), key=lambda row: row["ts"])
+    history = sorted(baselines.history_rows(r, tenant, event_type), key=lambda row: row["ts"])
     current, settings_version = type_settings.effective(r, cfg, tenant, event_type)
     if len(history) < current.min_history:
         raise JobError(f"{event_type!r} has {len(history)} events of history; a backtest "
@@ -204,7 +205,7 @@ def backtest(r: redis.Redis, cfg: Settings, tenant: str,
     if not events:
         raise JobError(f"No stored events of {event_type!r} in that range.")
     # One read of the baselines for both sides.
-    baseline, recent = baselines(r, tenant, event_type, _fields(events))
+    baseline, recent = current_baselines(r, tenant, event_type, _fields(events))
     sides = {name: judge(events, fitted(s, history, baseline, recent))
              for name, s in (("current", current), ("proposed", proposed))}
     changed = [{"ts": e.ts, "values": e.values, "feedback": e.label,

@@ -13,7 +13,8 @@ import redis
 
 from core import keys
 from core.config import ConfigError, Settings
-from tasks.store import dumps, now
+from tasks.store import lua
+from tasks.store.encoding import dumps, now
 
 log = logging.getLogger(__name__)
 LOG_KEPT = 100
@@ -58,18 +59,7 @@ def applied(cfg: Settings, found: TypeSettings, tenant: str, event_type: str
 # KEYS: settings, log. ARGV: overrides JSON, now, kept log entries, expected version.
 # A new version only if the overrides change, and only over the version the caller read
 # (two concurrent PUTs: the second is refused, not silently lost).
-_SAVE = """
-local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
-if version ~= tonumber(ARGV[4]) then return -1 end
-local before = redis.call('HGET', KEYS[1], 'overrides') or '{}'
-if before == ARGV[1] then return version end
-version = version + 1
-redis.call('HSET', KEYS[1], 'version', version, 'overrides', ARGV[1], 'updated_at', ARGV[2])
-redis.call('LPUSH', KEYS[2], '{"version":' .. version .. ',"at":' .. ARGV[2] ..
-           ',"before":' .. before .. ',"after":' .. ARGV[1] .. '}')
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-return version
-"""
+_SAVE = lua.text("type_settings_save")
 
 
 class Conflict(Exception):

@@ -19,7 +19,7 @@ from core.config import Settings
 from ml.anomaly import AnomalyModel, robust_moments
 from ml.features import model_frame, payload_frame
 from ml.stats import Moments, column_moments
-from tasks import episodes, level_shifts, store, type_settings
+from tasks import episodes, level_shifts, type_settings
 from tasks.lifecycle import JOB_TASK_OPTIONS, JobError, run_job
 from tasks.models import (
     calibrated_thresholds,
@@ -33,6 +33,7 @@ from tasks.models import (
     schedule_training,
     wants_training,
 )
+from tasks.store import baselines, job_data, jobs, model_blobs
 from tasks.verdicts import Judge, judge_events
 from tasks.webhooks import announce_episodes
 
@@ -102,7 +103,7 @@ def judge_jobs(r: redis.Redis, cfg: Settings, tenant: str, jobs: dict[str, list[
         rules = Judge.from_settings(typed)
         for chunk in chunks:
             batches = batch_ids(chunk, event_type)
-            merged_before = store.partial_results(r, tenant, batches)
+            merged_before = job_data.partial_results(r, tenant, batches)
             todo = [entry for entry in chunk
                     if entry[0] not in merged_before and entry[0] not in errors]
             if todo:
@@ -215,7 +216,7 @@ def prepare_model(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
             return ModelInput(version, note=outdated_note(shift_at, cfg))
         fields = list(values.columns)
         prepared = ModelInput(version, model, model_frame(
-            values, timestamps, store.load_last_values(r, tenant, event_type, fields),
+            values, timestamps, baselines.load_last_values(r, tenant, event_type, fields),
             derived_in(model)))  # what it was trained with (earned), not the settings
         if cfg.baseline_mode == "robust":
             prepared.robust = {f: Moments(n, med, spread * spread * n)
@@ -225,7 +226,7 @@ def prepare_model(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
         raise
     except Exception as exc:
         if version is None:  # its blob would not load: the version stored names it
-            version = store.model_version(r, tenant, event_type)
+            version = model_blobs.model_version(r, tenant, event_type)
         log.warning("anomaly model could not be loaded or prepared; judged by the z-check alone",
                     exc_info=True, extra={"tenant": tenant, "event_type": event_type,
                                           "model_version": version})
@@ -256,8 +257,8 @@ def judge_chunk(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     values = checked_fields(every, cfg)
     timestamps = [event["timestamp"] for _, _, event in chunk]
     fields = list(values.columns)
-    baseline = store.load_baseline(r, tenant, event_type, fields)
-    recent = store.load_recent(r, tenant, event_type, fields)
+    baseline = baselines.load_baseline(r, tenant, event_type, fields)
+    recent = baselines.load_recent(r, tenant, event_type, fields)
     model = prepare_model(r, cfg, tenant, event_type, values, timestamps)
     # The z thresholds calibrated on the type's history with its current model.
     thresholds = calibrated_thresholds(r, cfg, tenant, event_type, model.version)
@@ -326,7 +327,7 @@ def merge_per_job(r: redis.Redis, cfg: Settings, tenant: str, event_type: str,
     _apply(pipe, cfg, tenant, event_type, judged, matrix, columns, list(range(len(chunk))),
            batches[first], [batches[j] for j in others])
     for job_id, mine in positions.items():
-        store.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
+        job_data.save_partial_results(pipe, cfg, tenant, job_id, batches[job_id],
                                    [judged.results[p] for p in mine])
     together = pipe.execute()[merge_at]
     if together and judged.episode_update:
@@ -344,7 +345,7 @@ def _apply(pipe: redis.client.Pipeline, cfg: Settings, tenant: str, event_type: 
     """Queue the merge of the chunk's rows ``mine`` (in time order) as one batch."""
     rows, verdicts = judged.rows, judged.verdicts
     valid = [p for p in mine if verdicts[p]["valid"]]
-    store.apply_batch(
+    baselines.apply_batch(
         pipe, cfg, tenant, event_type, batch_id,
         column_moments(matrix[valid], columns), [rows[p] for p in valid],
         recent=values_in_order(matrix[mine], columns),
@@ -376,9 +377,9 @@ def check_events(r: redis.Redis, cfg: Settings, tenant: str,
                  job: dict[str, Any]) -> tuple[dict, list]:
     """One job, in chunks, with progress visible while it runs."""
     job_id = job["job_id"]
-    events = store.get_events(r, tenant, job_id)
+    events = job_data.get_events(r, tenant, job_id)
     judged = judge_jobs(r, cfg, tenant, {job_id: events},
-                        on_progress=lambda done: store.set_progress(r, tenant, job_id, done))
+                        on_progress=lambda done: jobs.set_progress(r, tenant, job_id, done))
     results = judged[job_id]
     if job_id in judged.failed:
         # Failed, reporting what it merged: a client that resends the whole job would count

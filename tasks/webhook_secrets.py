@@ -18,6 +18,7 @@ import redis
 
 from core import keys
 from core.config import Settings
+from tasks.store import lua
 
 # How long a rotated-out secret keeps signing beside the new one.
 OVERLAP_S = 24 * 3600
@@ -26,15 +27,7 @@ CREATE_HINT = "create your webhook secret first: POST /v1/webhooks/secret (vigil
 
 # Atomic, so two rotations at once cannot both keep the same previous secret or lose one.
 # KEYS[1] the tenant's hash; ARGV: new secret, now, when the previous one stops signing.
-_ROTATE = """
-local current = redis.call('HGET', KEYS[1], 'current')
-if current then
-  redis.call('HSET', KEYS[1], 'previous', current, 'previous_expires_at', ARGV[3])
-end
-redis.call('HSET', KEYS[1], 'current', ARGV[1], 'created_at', ARGV[2])
-if current then return 1 end
-return 0
-"""
+_ROTATE = lua.text("webhook_secrets_rotate")
 
 
 class NoSecret(LookupError):

@@ -18,9 +18,10 @@ from standardwebhooks import Webhook
 
 from core import metrics, ssrf
 from core.config import Settings
-from tasks import episodes, store, webhook_secrets
+from tasks import episodes, webhook_secrets
 from tasks.context import redis_client, settings
 from tasks.documents import iso, job_document
+from tasks.store import encoding, job_data, jobs, webhook_schedule
 
 log = logging.getLogger(__name__)
 EVENT_TYPE = "job.completed"
@@ -213,11 +214,11 @@ def attempt_delivery(r: redis.Redis, cfg: Settings, tenant: str, job_id: str,
     last attempt counts). Without a secret it may sign with, a final failure saying why."""
     addresses = vetted(job["callback_url"], cfg.allow_private_callbacks)  # a refusal comes first
     try:
-        secrets = webhook_secrets.signing_secrets(r, cfg, tenant, store.now())
+        secrets = webhook_secrets.signing_secrets(r, cfg, tenant, encoding.now())
     except webhook_secrets.NoSecret as exc:
         raise RefusedDelivery(f"not sent: {exc}; then send it again: POST "
                               f"/v1/webhooks/{message_id(job_id)}/retry") from exc
-    payload = build_payload(job, store.get_results(r, tenant, job_id))
+    payload = build_payload(job, job_data.get_results(r, tenant, job_id))
     return send_webhook(job["callback_url"], payload, message_id(job_id), secrets,
                         cfg.webhook_timeout_s, addresses=addresses)
 
@@ -225,7 +226,7 @@ def attempt_delivery(r: redis.Redis, cfg: Settings, tenant: str, job_id: str,
 @shared_task(name="vigil.deliver_webhook", ignore_result=True)
 def deliver_webhook(tenant: str, job_id: str) -> str:
     r, cfg = redis_client(), settings()
-    job = store.get_job(r, tenant, job_id)
+    job = jobs.get_job(r, tenant, job_id)
     if not job or not job.get("callback_url"):
         return "gone"
     attempt = (job.get("webhook") or {}).get("attempts", 0) + 1
@@ -234,10 +235,10 @@ def deliver_webhook(tenant: str, job_id: str) -> str:
     except DeliveryError as exc:
         final = isinstance(exc, RefusedDelivery) or attempt >= cfg.webhook_max_attempts
         delay = None if final else next_delay(cfg.webhook_schedule_s, attempt, exc.retry_after_s)
-        store.set_webhook_state(r, tenant, job_id, {
+        webhook_schedule.set_webhook_state(r, tenant, job_id, {
             "status": "failed" if final else "retrying", "attempts": attempt,
             "last_error": str(exc), "message_id": message_id(job_id),
-            **({"next_attempt_at": iso(store.now() + delay)} if delay is not None else {})})
+            **({"next_attempt_at": iso(encoding.now() + delay)} if delay is not None else {})})
         metrics.WEBHOOK_DELIVERIES.labels(outcome="failed" if final else "retrying").inc()
         log.warning("webhook delivery failed", extra={"tenant": tenant, "job_id": job_id,
                                                       "attempt": attempt, "error": str(exc)})
@@ -248,10 +249,10 @@ def deliver_webhook(tenant: str, job_id: str) -> str:
         if delay <= min(MAX_COUNTDOWN_S, cfg.visibility_timeout_s / 2):
             deliver_webhook.apply_async((tenant, job_id), countdown=cfg.broker_countdown(delay))
         else:
-            store.schedule_webhook(r, tenant, job_id, store.now() + delay)
+            webhook_schedule.schedule_webhook(r, tenant, job_id, encoding.now() + delay)
         return "retrying"
     metrics.WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
-    store.set_webhook_state(r, tenant, job_id, {
+    webhook_schedule.set_webhook_state(r, tenant, job_id, {
         "status": "delivered", "attempts": attempt, "http_status": response.status_code,
         "message_id": message_id(job_id)})
     return "delivered"
@@ -260,7 +261,7 @@ def deliver_webhook(tenant: str, job_id: str) -> str:
 @shared_task(name="vigil.send_due_webhooks", ignore_result=True)
 def send_due_webhooks() -> int:
     """Beat: enqueue the webhook retries whose time has come."""
-    due = store.take_due_webhooks(redis_client(), store.now())
+    due = webhook_schedule.take_due_webhooks(redis_client(), encoding.now())
     for tenant, job_id in due:
         deliver_webhook.delay(tenant, job_id)
     return len(due)
@@ -284,7 +285,7 @@ def announce_episodes(r: redis.Redis, tenant: str, transitions: list[tuple[str, 
     the merge that recorded them applied). Returns how many were enqueued."""
     if not transitions or episodes.get_webhook(r, tenant) is None:
         return 0
-    at = store.now()
+    at = encoding.now()
     for transition, episode in transitions:
         deliver_episode_webhook.delay(tenant, transition, episode, at)
     return len(transitions)
@@ -295,7 +296,7 @@ def attempt_episode_delivery(r: redis.Redis, cfg: Settings, tenant: str, url: st
     """One attempt, signed with the tenant's secrets as they are now."""
     addresses = vetted(url, cfg.allow_private_callbacks)  # a refusal comes first
     try:
-        secrets = webhook_secrets.signing_secrets(r, cfg, tenant, store.now())
+        secrets = webhook_secrets.signing_secrets(r, cfg, tenant, encoding.now())
     except webhook_secrets.NoSecret as exc:
         raise RefusedDelivery(f"not sent: {exc}") from exc
     send_webhook(url, build_episode_payload(transition, episode, at),

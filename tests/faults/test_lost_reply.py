@@ -26,22 +26,23 @@ from werkzeug.test import Client
 
 from api import create_app
 from core import keys
-from tasks import inbox, store
+from tasks import inbox
+from tasks.store import baselines, job_data, jobs
 
 TENANT = "alpha"
 AUTH = {"Authorization": f"Bearer {KEYS[TENANT]}"}
-CREATE_SHA = hashlib.sha1(store._CREATE.encode()).hexdigest().encode()
+CREATE_SHA = hashlib.sha1(jobs._CREATE.encode()).hexdigest().encode()
 
 
 def stores_a_job(args: list[bytes]) -> bool:
-    """The store script's call (tasks.store._CREATE)."""
+    """The store script's call (tasks.store.jobs._CREATE)."""
     return args[0].upper() == b"EVALSHA" and args[1].lower() == CREATE_SHA
 
 
 @pytest.fixture(scope="module")
 def stack(fault_stack: FaultStack) -> FaultStack:
     # Loaded beforehand, so the EVALSHA whose reply is lost ran the script (not NOSCRIPT).
-    fault_stack.redis.client().script_load(store._CREATE)
+    fault_stack.redis.client().script_load(jobs._CREATE)
     return fault_stack
 
 
@@ -64,30 +65,30 @@ def event(event_type: str, x: float = 100.0) -> dict:
 
 def new_jobs(stack: FaultStack, before: list[str]) -> list[str]:
     """The tenant's jobs stored since ``before`` (its recent jobs then), newest first."""
-    recent = store.recent_job_ids(stack.redis.client(), TENANT, 50)
+    recent = jobs.recent_job_ids(stack.redis.client(), TENANT, 50)
     return recent[:recent.index(before[0])] if before else recent
 
 
 def recent(stack: FaultStack) -> list[str]:
-    return store.recent_job_ids(stack.redis.client(), TENANT, 1)
+    return jobs.recent_job_ids(stack.redis.client(), TENANT, 1)
 
 
 def test_storing_again_under_the_same_job_id_stores_nothing(stack):
     r = stack.redis.client()
     settings = dataclasses.replace(stack.settings, rate_limit=100)
-    job_id, event_type = store.new_job_id(), f"t-{uuid.uuid4().hex[:8]}"
+    job_id, event_type = jobs.new_job_id(), f"t-{uuid.uuid4().hex[:8]}"
     inbox_before = r.lrange(keys.events_inbox(), 0, -1)
-    recent_before = store.recent_job_ids(r, TENANT, 49)
+    recent_before = jobs.recent_job_ids(r, TENANT, 49)
     started = int(time.time())
-    first = store.create_inbox_job(r, settings, TENANT, event(event_type), 100, job_id=job_id)
-    again = store.create_inbox_job(r, settings, TENANT, event(event_type, 5.0), 100,
+    first = jobs.create_inbox_job(r, settings, TENANT, event(event_type), 100, job_id=job_id)
+    again = jobs.create_inbox_job(r, settings, TENANT, event(event_type, 5.0), 100,
                                    job_id=job_id)
     assert first[0] == again[0] == job_id
     assert again[1] is True  # the first may have woken nobody: the retry wakes the worker
     assert r.lrange(keys.events_inbox(), 0, -1) == inbox_before + [
         inbox.entry(TENANT, job_id).encode()]
-    assert store.recent_job_ids(r, TENANT, 50) == [job_id, *recent_before]
-    assert store.get_events(r, TENANT, job_id) == [event(event_type)]  # the first one's
+    assert jobs.recent_job_ids(r, TENANT, 50) == [job_id, *recent_before]
+    assert job_data.get_events(r, TENANT, job_id) == [event(event_type)]  # the first one's
     windows = [keys.rate_window(TENANT, second) for second in range(started, int(time.time()) + 1)]
     assert sum(int(count or 0) for count in r.mget(windows)) == 1  # one request counted
     r.delete(keys.events_inbox())  # not for the events worker of the next tests
@@ -110,8 +111,8 @@ def test_a_single_event_whose_store_reply_was_lost_is_stored_and_judged_once(sta
     stack.ensure_workers("events")  # judges the inbox, woken by the retry's wake message
     job = wait_finished(stack.client(), job_id, 30, stack)
     assert job["status"] == "succeeded" and len(job["results"]) == 1
-    assert store.load_baseline(r, TENANT, event_type)["x"].n == 1
-    assert store.history_count(r, TENANT, event_type) == 1
+    assert baselines.load_baseline(r, TENANT, event_type)["x"].n == 1
+    assert baselines.history_count(r, TENANT, event_type) == 1
 
 
 def test_with_a_task_per_event_a_lost_store_reply_stores_and_enqueues_once(stack, proxy):
@@ -140,7 +141,7 @@ def test_a_batch_job_whose_store_reply_was_lost_is_stored_once(stack, proxy):
     assert response.status_code == 202, response.get_data(as_text=True)
     job_id = response.get_json()["job_id"]
     assert new_jobs(stack, before) == [job_id]
-    assert len(store.get_events(stack.redis.client(), TENANT, job_id)) == 2
+    assert len(job_data.get_events(stack.redis.client(), TENANT, job_id)) == 2
 
 
 def test_a_503_after_a_stored_job_then_a_retry_with_the_idempotency_key_finds_it(stack, proxy):

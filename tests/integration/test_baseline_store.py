@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from ml.stats import Moments
-from tasks import store
+from tasks.store import baselines, webhook_schedule
 
 TENANT = "store-test"
 
@@ -24,7 +24,7 @@ def test_concurrent_merges_lose_nothing_and_match_numpy(redis_server, settings):
     def merge(mine: list[np.ndarray], worker: int) -> None:
         r = redis_server.client()  # one connection per thread, as separate workers have
         for i, values in enumerate(mine):
-            store.apply_batch(r, settings, TENANT, event_type, f"w{worker}-{i}",
+            baselines.apply_batch(r, settings, TENANT, event_type, f"w{worker}-{i}",
                               {"x": Moments.of(values)}, [{"ts": 0, "v": {"x": v}} for v in values])
 
     threads = [threading.Thread(target=merge, args=(batches[w::8], w)) for w in range(8)]
@@ -33,12 +33,12 @@ def test_concurrent_merges_lose_nothing_and_match_numpy(redis_server, settings):
     for thread in threads:
         thread.join()
 
-    merged = store.load_baseline(redis_server.client(), TENANT, event_type)["x"]
+    merged = baselines.load_baseline(redis_server.client(), TENANT, event_type)["x"]
     everything = np.concatenate(batches)
     assert merged.n == everything.size
     assert merged.mean == pytest.approx(everything.mean(), rel=1e-12)
     assert merged.variance == pytest.approx(everything.var(), rel=1e-9)
-    assert store.event_type_counts(redis_server.client(), TENANT)[event_type] == everything.size
+    assert baselines.event_type_counts(redis_server.client(), TENANT)[event_type] == everything.size
 
 
 def test_a_redelivered_batch_is_counted_once(redis_server, settings):
@@ -46,12 +46,12 @@ def test_a_redelivered_batch_is_counted_once(redis_server, settings):
     event_type = f"t-{uuid.uuid4().hex[:8]}"
     values = np.arange(10.0)
     rows = [{"ts": 0, "v": {"x": v}} for v in values]
-    assert store.apply_batch(r, settings, TENANT, event_type, "job-1:0", {"x": Moments.of(values)},
+    assert baselines.apply_batch(r, settings, TENANT, event_type, "job-1:0", {"x": Moments.of(values)},
                              rows)
-    assert not store.apply_batch(r, settings, TENANT, event_type, "job-1:0",
+    assert not baselines.apply_batch(r, settings, TENANT, event_type, "job-1:0",
                                  {"x": Moments.of(values)}, rows)
-    assert store.load_baseline(r, TENANT, event_type)["x"].n == 10
-    assert store.history_count(r, TENANT, event_type) == 10
+    assert baselines.load_baseline(r, TENANT, event_type)["x"].n == 10
+    assert baselines.history_count(r, TENANT, event_type) == 10
 
 
 def test_history_is_bounded(redis_server, settings):
@@ -62,19 +62,19 @@ def test_history_is_bounded(redis_server, settings):
     event_type = f"t-{uuid.uuid4().hex[:8]}"
     for batch in range(3):
         rows = [{"ts": batch * 10 + i, "v": {"x": float(i)}} for i in range(10)]
-        store.apply_batch(r, small, TENANT, event_type, f"b{batch}", {}, rows)
-    kept = store.history_rows(r, TENANT, event_type)
+        baselines.apply_batch(r, small, TENANT, event_type, f"b{batch}", {}, rows)
+    kept = baselines.history_rows(r, TENANT, event_type)
     assert len(kept) == 25
     assert kept[-1]["ts"] == 29 and kept[0]["ts"] == 5  # the oldest rows went first
 
 
 def test_scheduled_webhook_retries_are_handed_out_once_when_due(redis_server):
     r = redis_server.client()
-    store.schedule_webhook(r, TENANT, "job-late", due=2_000.0)
-    store.schedule_webhook(r, TENANT, "job-soon", due=1_000.0)
-    assert store.take_due_webhooks(r, until=1_500.0) == [(TENANT, "job-soon")]
-    assert store.take_due_webhooks(r, until=1_500.0) == []
-    assert store.take_due_webhooks(r, until=3_000.0) == [(TENANT, "job-late")]
+    webhook_schedule.schedule_webhook(r, TENANT, "job-late", due=2_000.0)
+    webhook_schedule.schedule_webhook(r, TENANT, "job-soon", due=1_000.0)
+    assert webhook_schedule.take_due_webhooks(r, until=1_500.0) == [(TENANT, "job-soon")]
+    assert webhook_schedule.take_due_webhooks(r, until=1_500.0) == []
+    assert webhook_schedule.take_due_webhooks(r, until=3_000.0) == [(TENANT, "job-late")]
 
 
 def test_a_micro_batch_merges_its_jobs_together_and_each_job_once(redis_server, settings):
@@ -89,21 +89,21 @@ def test_a_micro_batch_merges_its_jobs_together_and_each_job_once(redis_server, 
                          "payload": {"x": float(i)}}] for i in range(6)}
 
     judge_jobs(r, settings, TENANT, dict(list(jobs.items())[:3]))
-    assert store.load_baseline(r, TENANT, event_type)["x"].n == 3
-    assert store.history_count(r, TENANT, event_type) == 3
+    assert baselines.load_baseline(r, TENANT, event_type)["x"].n == 3
+    assert baselines.history_count(r, TENANT, event_type) == 3
 
     # job3's batch was merged already, by an earlier delivery: job4 and job5 still count.
-    store.apply_batch(r, settings, TENANT, event_type, f"job3:{event_type}:0",
+    baselines.apply_batch(r, settings, TENANT, event_type, f"job3:{event_type}:0",
                       {"x": Moments.of(np.array([3.0]))}, [{"ts": 0, "v": {"x": 3.0}}])
     results = judge_jobs(r, settings, TENANT, dict(list(jobs.items())[3:]))
-    merged = store.load_baseline(r, TENANT, event_type)["x"]
+    merged = baselines.load_baseline(r, TENANT, event_type)["x"]
     assert merged.n == 6 and merged.mean == pytest.approx(2.5)
-    assert store.history_count(r, TENANT, event_type) == 6
+    assert baselines.history_count(r, TENANT, event_type) == 6
     assert [results[j][0]["index"] for j in ("job3", "job4", "job5")] == [0, 0, 0]
 
     # The whole micro-batch again (redelivered): nothing moves.
     judge_jobs(r, settings, TENANT, dict(list(jobs.items())[3:]))
-    assert store.load_baseline(r, TENANT, event_type)["x"].n == 6
+    assert baselines.load_baseline(r, TENANT, event_type)["x"].n == 6
 
 
 def _exact_variance(values: np.ndarray) -> Fraction:
@@ -122,9 +122,9 @@ def test_merged_variance_far_from_zero_matches_exact_arithmetic(redis_server, se
     rng = np.random.default_rng(int(np.log10(offset)))
     batches = [offset + rng.normal(0, 1, int(rng.integers(1, 40))) for _ in range(150)]
     for i, values in enumerate(batches):
-        store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-{i}",
+        baselines.apply_batch(r, settings, TENANT, event_type, f"{event_type}-{i}",
                           {"x": Moments.of(values)}, [])
-    merged = store.load_baseline(r, TENANT, event_type)["x"]
+    merged = baselines.load_baseline(r, TENANT, event_type)["x"]
     everything = np.concatenate(batches)
     exact = _exact_variance(everything)
     error = abs(Fraction(merged.variance) - exact) / exact
@@ -155,9 +155,9 @@ def test_recent_baseline_far_from_zero_matches_exact_arithmetic(redis_server, se
     rng = np.random.default_rng(13)
     batches = [1e13 + rng.normal(0, 1, int(rng.integers(1, 40))) for _ in range(100)]
     for i, values in enumerate(batches):
-        store.apply_batch(r, unclipped, TENANT, event_type, f"{event_type}-{i}", {}, [],
+        baselines.apply_batch(r, unclipped, TENANT, event_type, f"{event_type}-{i}", {}, [],
                           recent={"x": values})
-    recent = store.load_recent(r, TENANT, event_type, ["x"])["x"]
+    recent = baselines.load_recent(r, TENANT, event_type, ["x"])["x"]
     mean, var = _exact_recent(np.concatenate(batches), unclipped)
     error = float(abs(Fraction(recent.variance) - var) / var)
     assert error <= 1e-10, error
@@ -178,11 +178,11 @@ def test_values_at_the_magnitude_limit_merge_finite_and_the_field_stays_checked(
     batches = [np.array([MAX_MAGNITUDE, -MAX_MAGNITUDE])] + [
         MAX_MAGNITUDE * (1 + rng.normal(0, 0.01, 20)) for _ in range(5)]
     for i, values in enumerate(batches):
-        store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-{i}",
+        baselines.apply_batch(r, settings, TENANT, event_type, f"{event_type}-{i}",
                           {"x": Moments.of(values)}, [], recent={"x": values})
     everything = np.concatenate(batches)
-    merged = store.load_baseline(r, TENANT, event_type)["x"]
-    recent = store.load_recent(r, TENANT, event_type, ["x"])["x"]
+    merged = baselines.load_baseline(r, TENANT, event_type)["x"]
+    recent = baselines.load_recent(r, TENANT, event_type, ["x"])["x"]
     assert np.isfinite([merged.mean, merged.m2, recent.mean, recent.m2]).all()
     assert merged.n == everything.size
     assert merged.mean == pytest.approx(everything.mean(), rel=1e-12)
@@ -203,15 +203,15 @@ def test_a_merge_that_would_overflow_is_not_stored(redis_server, settings):
     r = redis_server.client()
     event_type = f"t-{uuid.uuid4().hex[:8]}"
     history = np.random.default_rng(19).normal(100, 10, 5)
-    store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-0",
+    baselines.apply_batch(r, settings, TENANT, event_type, f"{event_type}-0",
                       {"x": Moments.of(history)}, [], recent={"x": history})
-    before = (store.load_baseline(r, TENANT, event_type)["x"],
-              store.load_recent(r, TENANT, event_type, ["x"])["x"])
+    before = (baselines.load_baseline(r, TENANT, event_type)["x"],
+              baselines.load_recent(r, TENANT, event_type, ["x"])["x"])
     huge = np.array([1e308, 1e308])
-    store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-1",
+    baselines.apply_batch(r, settings, TENANT, event_type, f"{event_type}-1",
                       {"x": Moments.of(huge)}, [], recent={"x": huge})
-    after = (store.load_baseline(r, TENANT, event_type)["x"],
-             store.load_recent(r, TENANT, event_type, ["x"])["x"])
+    after = (baselines.load_baseline(r, TENANT, event_type)["x"],
+             baselines.load_recent(r, TENANT, event_type, ["x"])["x"])
     assert after == before
 
 
@@ -227,16 +227,16 @@ def test_moments_stored_before_references_still_merge(redis_server, settings):
         "x": f"{old.size},{float(old.mean())!r},{float(((old - old.mean()) ** 2).sum())!r}",
         "poisoned": "2,inf,nan"})
     r.hset(keys.recent_baseline(TENANT, event_type), "poisoned", "2,nan,nan")
-    assert store.load_baseline(r, TENANT, event_type)["x"] == Moments(4, 2.5, 5.0)
+    assert baselines.load_baseline(r, TENANT, event_type)["x"] == Moments(4, 2.5, 5.0)
     new = np.array([10.0, 11.0])
-    store.apply_batch(r, settings, TENANT, event_type, f"{event_type}-0",
+    baselines.apply_batch(r, settings, TENANT, event_type, f"{event_type}-0",
                       {"x": Moments.of(new), "poisoned": Moments.of(new)}, [],
                       recent={"poisoned": new})
-    merged = store.load_baseline(r, TENANT, event_type)
+    merged = baselines.load_baseline(r, TENANT, event_type)
     everything = np.concatenate([old, new])
     assert merged["x"].n == 6
     assert merged["x"].mean == pytest.approx(everything.mean(), rel=1e-15)
     assert merged["x"].variance == pytest.approx(everything.var(), rel=1e-15)
     assert (merged["poisoned"].n, merged["poisoned"].mean) == (2, 10.5)
-    recent = store.load_recent(r, TENANT, event_type, ["poisoned"])["poisoned"]
+    recent = baselines.load_recent(r, TENANT, event_type, ["poisoned"])["poisoned"]
     assert (recent.n, recent.mean) == (2, 10.5)

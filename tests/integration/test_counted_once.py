@@ -17,8 +17,9 @@ import pytest
 import redis
 from helpers import wait_for
 
-from tasks import create_celery, inbox, store, validate
+from tasks import create_celery, inbox, validate
 from tasks.models import _cache
+from tasks.store import baselines, jobs, model_blobs
 
 T0 = 1_790_000_000
 TENANT = "alpha"
@@ -36,7 +37,7 @@ def event(event_type: str, i: int, x: float | None = None, **extra) -> dict:
 
 def count(r: redis.Redis, event_type: str) -> int:
     """n of the field's all-time baseline: how many events moved it."""
-    baseline = store.load_baseline(r, TENANT, event_type)
+    baseline = baselines.load_baseline(r, TENANT, event_type)
     return baseline["x"].n if "x" in baseline else 0
 
 
@@ -57,7 +58,7 @@ def test_a_model_that_cannot_be_loaded_fails_nothing(alpha, r, event_type):
     """A corrupt model blob (v1) in Redis: single events and batch jobs are judged by the
     z-check alone by the real workers, each verdict noting why, and are merged once."""
     seed(alpha, event_type)
-    store.save_model(r, TENANT, event_type, b"not a model file", {"features": ["x"]}, 0)
+    model_blobs.save_model(r, TENANT, event_type, b"not a model file", {"features": ["x"]}, 0)
     single = [alpha.post("/v1/events/validate", json=event(event_type, i, x)).json()["job_id"]
               for i, x in ((1, 104.0), (2, 500.0))]
     batch = alpha.post("/v1/jobs", json={"events": [event(event_type, 3, 105.0),
@@ -90,7 +91,7 @@ class ScoringFails:
 def test_a_model_whose_scoring_raises_fails_nothing(r, settings, event_type):
     history = {f"h{uuid.uuid4().hex}": [event(event_type, i) for i in range(40)]}
     validate.judge_jobs(r, settings, TENANT, history)
-    store.save_model(r, TENANT, event_type, b"unused", {"features": ["x"]}, 0)
+    model_blobs.save_model(r, TENANT, event_type, b"unused", {"features": ["x"]}, 0)
     _cache[(settings.redis_url, TENANT, event_type)] = (1, ScoringFails())
     try:
         job = uuid.uuid4().hex
@@ -116,19 +117,19 @@ def test_in_a_micro_batch_a_type_that_cannot_be_judged_fails_only_its_jobs(alpha
     good, bad = f"{event_type}-good", f"{event_type}-bad"
     events = [event(good, i) for i in range(5)] + [
         event(bad, 10), event(bad, 11, payload="not an object"), event(bad, 12)]
-    job_ids = [store.create_inbox_job(r, settings, TENANT, e)[0] for e in events]
+    job_ids = [jobs.create_inbox_job(r, settings, TENANT, e)[0] for e in events]
     create_celery(settings).send_task(inbox.WAKE_TASK)  # once all wait: one claim takes them
-    jobs = [wait_for(alpha, f"/v1/jobs/{j}") for j in job_ids]
-    assert [job["status"] for job in jobs] == ["succeeded"] * 5 + ["failed"] * 3, \
-        [job["error"] for job in jobs]
-    assert [job["results"][0]["event_id"] for job in jobs[:5]] == [f"e{i}" for i in range(5)]
-    for job in jobs[5:]:
+    answers = [wait_for(alpha, f"/v1/jobs/{j}") for j in job_ids]
+    assert [job["status"] for job in answers] == ["succeeded"] * 5 + ["failed"] * 3, \
+        [job["error"] for job in answers]
+    assert [job["results"][0]["event_id"] for job in answers[:5]] == [f"e{i}" for i in range(5)]
+    for job in answers[5:]:
         assert "results" not in job and job["summary"] is None
         assert job["error"].startswith("the job's events could not be judged (AttributeError: ")
         assert job["error"].endswith("); none of them was merged into the baselines: "
                                      "resend the whole job.")
     assert count(r, good) == 5
-    assert store.load_baseline(r, TENANT, bad) == {}
+    assert baselines.load_baseline(r, TENANT, bad) == {}
     # The client resends the failed ones (fixed), and nothing is counted twice.
     resent = [alpha.post("/v1/events/validate", json=event(bad, i)).json()["job_id"]
               for i in (10, 11, 12)]
@@ -147,7 +148,7 @@ def test_a_batch_job_failing_after_chunks_merged_reports_them(alpha, r, settings
     cannot be read. The job fails, reporting the 2,000 events it merged (counted once) and
     naming the 500 to resend."""
     events = chunked_job(event_type, 2500, bad_at=2100)
-    job_id = store.create_job(r, settings, TENANT, kind="validate", events=events)
+    job_id = jobs.create_job(r, settings, TENANT, kind="validate", events=events)
     create_celery(settings).send_task("vigil.validate_job", args=[TENANT, job_id])
     job = wait_for(alpha, f"/v1/jobs/{job_id}", timeout_s=90)
     assert job["status"] == "failed"
@@ -158,7 +159,7 @@ def test_a_batch_job_failing_after_chunks_merged_reports_them(alpha, r, settings
     assert [result["index"] for result in job["results"]] == list(range(2000))
     assert job["summary"]["events"] == 2000 and job["summary"]["valid"] == 2000
     assert count(r, event_type) == 2000
-    assert store.history_count(r, TENANT, event_type) == 2000
+    assert baselines.history_count(r, TENANT, event_type) == 2000
 
 
 def test_a_redelivered_failing_job_reuses_what_it_merged(monkeypatch, r, settings, event_type):

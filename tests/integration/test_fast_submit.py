@@ -17,7 +17,7 @@ from werkzeug.test import Client
 
 from api import create_app
 from api.fast_submit import FastSubmit
-from tasks import store
+from tasks.store import jobs
 
 AUTH = {"Authorization": f"Bearer {KEYS['alpha']}"}
 
@@ -119,7 +119,7 @@ def test_over_the_rate_limit_the_fast_path_answers_429_like_flask_and_stores_not
     client = Client(create_app(dataclasses.replace(settings, rate_limit=3,
                                                    micro_batch=micro_batch)))
     r = redis_server.client()
-    newest_before = store.recent_job_ids(r, "alpha", 1)
+    newest_before = jobs.recent_job_ids(r, "alpha", 1)
     time.sleep(1.01 - time.time() % 1)  # a fresh window: earlier tests' requests counted in theirs
     statuses = [post(client, {**EVENT, "event_type": event_type}) for _ in range(12)]
     limited = [r for r in statuses if r.status_code == 429]
@@ -132,7 +132,7 @@ def test_over_the_rate_limit_the_fast_path_answers_429_like_flask_and_stores_not
     assert len(accepted) <= 3 * 2  # the posts may span two one-second windows
     # The tenant's newest jobs are the accepted ones and nothing else: a refused event was
     # not stored (the count and the store are one script call on the fast path).
-    assert store.recent_job_ids(r, "alpha", len(accepted) + 1) == \
+    assert jobs.recent_job_ids(r, "alpha", len(accepted) + 1) == \
         accepted[::-1] + newest_before
 
 

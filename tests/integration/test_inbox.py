@@ -8,7 +8,8 @@ import pytest
 import redis
 from helpers import EVENT
 
-from tasks import inbox, store
+from tasks import inbox
+from tasks.store import jobs
 
 
 @pytest.fixture
@@ -21,7 +22,7 @@ def r(redis_server) -> redis.Redis:
 
 def submit(r: redis.Redis, settings) -> tuple[str, bool]:
     """Store a single event as the API does: its job id, and whether to wake the worker."""
-    return store.create_inbox_job(r, settings, "alpha", EVENT)
+    return jobs.create_inbox_job(r, settings, "alpha", EVENT)
 
 
 def test_only_the_first_of_a_burst_wakes_the_worker_and_claims_take_the_oldest(r, settings):

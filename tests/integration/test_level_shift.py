@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from helpers import wait_for, wait_until
 
-from tasks import store
+from tasks.store import baselines
 
 K = 5
 T0 = 1_790_000_000  # epoch seconds
@@ -52,7 +52,7 @@ def all_time(client, event_type: str) -> dict:
 
 
 def recent(redis_server, event_type: str):
-    return store.load_recent(redis_server.client(), "alpha", event_type, ["x"])["x"]
+    return baselines.load_recent(redis_server.client(), "alpha", event_type, ["x"])["x"]
 
 
 def shift_codes(results: list[dict]) -> list[int]:
@@ -136,7 +136,7 @@ def test_a_shift_across_single_events_carries_its_run_between_micro_batches(alph
 
 def test_the_merge_re_seeds_the_recent_baseline_and_writes_runs_once(redis_server, settings,
                                                                       event_type):
-    """tasks.store.apply_batch's re-seed and tasks.level_shifts' run write, on Redis: both
+    """tasks.store.baselines.apply_batch's re-seed and tasks.level_shifts' run write, on Redis: both
     apply with the batch, and a redelivered batch changes neither again."""
     from ml.level_shift import Run
     from ml.stats import Moments
@@ -145,20 +145,20 @@ def test_the_merge_re_seeds_the_recent_baseline_and_writes_runs_once(redis_serve
     r = redis_server.client()
     tenant = "store-test"
     history = np.random.default_rng(24).normal(100.0, 5.0, 200)
-    store.apply_batch(r, settings, tenant, event_type, "history", {"x": Moments.of(history)},
+    baselines.apply_batch(r, settings, tenant, event_type, "history", {"x": Moments.of(history)},
                       [], recent={"x": list(history)})
-    n_before = store.load_recent(r, tenant, event_type, ["x"])["x"].n
+    n_before = baselines.load_recent(r, tenant, event_type, ["x"])["x"].n
 
     def merge(batch_id: str, run: Run) -> list:
         pipe = r.pipeline(transaction=True)
         queue_write(pipe, tenant, event_type, Shifts([], {"x": run}, True), [batch_id])
-        store.apply_batch(pipe, settings, tenant, event_type, batch_id, {}, [],
+        baselines.apply_batch(pipe, settings, tenant, event_type, batch_id, {}, [],
                           recent={"x": [150.0, 161.0, 159.0, 160.0]},
                           reseeds={"x": [(1, 160.0, 30.0)]})
         return pipe.execute()
 
     assert merge("job-1:x:0", Run(1, (159.0, 160.0))) == [1, 1]
-    found = store.load_recent(r, tenant, event_type, ["x"])["x"]
+    found = baselines.load_recent(r, tenant, event_type, ["x"])["x"]
     # Re-seeded after the 2nd value (mean 160, var 30), then 159 and 160 at the new level.
     mean, var = 160.0, 30.0
     for n, x in ((n_before + 3, 159.0), (n_before + 4, 160.0)):  # within the clip band
@@ -172,7 +172,7 @@ def test_the_merge_re_seeds_the_recent_baseline_and_writes_runs_once(redis_serve
 
     # Redelivered: neither the baseline nor the run changes again.
     assert merge("job-1:x:0", Run(-1, (1.0,))) == [0, 0]
-    assert store.load_recent(r, tenant, event_type, ["x"])["x"] == found
+    assert baselines.load_recent(r, tenant, event_type, ["x"])["x"] == found
     assert load_runs(r, tenant, event_type, ["x"]) == {"x": Run(1, (159.0, 160.0))}
     # A run that ended is deleted.
     assert merge("job-2:x:0", Run()) == [1, 1]

@@ -10,7 +10,7 @@ import time
 from helpers import wait_for
 
 from core import keys
-from tasks import store
+from tasks.store import job_data, jobs
 from tasks.validate import CHUNK
 
 T0 = 1_790_000_000
@@ -71,14 +71,14 @@ def test_a_queued_jobs_events_wait_compact_and_come_back_whole(redis_server, set
     events = [{"event_type": event_type, "timestamp": T0 + i, "event_id": f"e-{i}",
                "payload": {"amount": 100.0 + i % 7, "cart": {"items": i % 5}}}
               for i in range(CHUNK)]
-    job_id = store.create_job(r, settings, "alpha", kind="validate", events=events)
+    job_id = jobs.create_job(r, settings, "alpha", kind="validate", events=events)
     stored = r.get(keys.job_events("alpha", job_id))
     assert len(stored) < len(json.dumps(events)) / 4, "a large job's events are not deflated"
-    assert store.get_events(r, "alpha", job_id) == events
-    assert store.get_many_events(r, "alpha", [job_id]) == [events]
+    assert job_data.get_events(r, "alpha", job_id) == events
+    assert job_data.get_many_events(r, "alpha", [job_id]) == [events]
     # A single event stays plain JSON: deflating it would cost the submit path more than it saves.
-    one = store.create_job(r, settings, "alpha", kind="validate", events=events[:1])
+    one = jobs.create_job(r, settings, "alpha", kind="validate", events=events[:1])
     assert r.get(keys.job_events("alpha", one)).startswith(b"[")
-    assert store.get_events(r, "alpha", one) == events[:1]
+    assert job_data.get_events(r, "alpha", one) == events[:1]
     r.delete(keys.job("alpha", job_id), keys.job("alpha", one), keys.job_events("alpha", job_id),
              keys.job_events("alpha", one))

@@ -215,9 +215,10 @@ def test_delivery_to_a_refused_address_fails_at_once_without_retries(alpha, redi
                                                                     settings, event_type):
     """A job whose callback became refused after submission (say its DNS changed): the worker
     checks again before sending and gives up at once."""
-    from tasks import create_celery, store
+    from tasks import create_celery
+    from tasks.store import jobs
 
-    job_id = store.create_job(redis_server.client(), settings, "alpha", kind="validate",
+    job_id = jobs.create_job(redis_server.client(), settings, "alpha", kind="validate",
                               events=[{**EVENT, "event_type": event_type}],
                               callback_url="http://169.254.169.254/latest/meta-data/")
     create_celery(settings).send_task("vigil.validate_job", args=["alpha", job_id])

@@ -266,7 +266,8 @@ def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_l
     import redis
 
     from core import keys
-    from tasks import create_celery, inbox, store
+    from tasks import create_celery, inbox
+    from tasks.store import jobs
 
     seed(alpha, event_type)
     r = redis.Redis.from_url(settings.redis_url)
@@ -274,16 +275,16 @@ def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_l
                "payload": {"amount": 100.0, "cart": {"items": 5.0}}} for i in range(5)]
     # Stored and appended as the API does, but without waking the worker: a worker that
     # died claimed them (its claim lapsed a second ago) before judging any.
-    job_ids = [store.create_inbox_job(r, settings, "alpha", event)[0] for event in events]
+    job_ids = [jobs.create_inbox_job(r, settings, "alpha", event)[0] for event in events]
     claimed = inbox.claim(r, 1000, time.time() - 1)
     assert {j for _, j in claimed} >= set(job_ids)
     assert all(alpha.get(f"/v1/jobs/{j}").json()["status"] == "queued" for j in job_ids)
 
     create_celery(settings).send_task("vigil.sweep_events")  # what beat sends every 5 s
-    jobs = [wait_for(alpha, f"/v1/jobs/{j}") for j in job_ids]
-    assert [job["status"] for job in jobs] == ["succeeded"] * 5
-    assert [job["results"][0]["event_id"] for job in jobs] == [f"d{i}" for i in range(5)]
-    assert [store.get_job(r, "alpha", j)["attempts"] for j in job_ids] == [1] * 5  # judged once
+    answers = [wait_for(alpha, f"/v1/jobs/{j}") for j in job_ids]
+    assert [job["status"] for job in answers] == ["succeeded"] * 5
+    assert [job["results"][0]["event_id"] for job in answers] == [f"d{i}" for i in range(5)]
+    assert [jobs.get_job(r, "alpha", j)["attempts"] for j in job_ids] == [1] * 5  # judged once
     baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
     assert {f["field"]: f["count"] for f in baseline["fields"]} == {"amount": 405,
                                                                      "cart.items": 405}
@@ -330,9 +331,10 @@ def test_a_single_event_message_of_the_earlier_design_is_still_judged(alpha, eve
     job id) still gets its job judged."""
     import redis
 
-    from tasks import create_celery, store
+    from tasks import create_celery
+    from tasks.store import jobs
 
-    job_id = store.create_job(redis.Redis.from_url(settings.redis_url), settings, "alpha",
+    job_id = jobs.create_job(redis.Redis.from_url(settings.redis_url), settings, "alpha",
                               kind="validate", events=[{
                                   "event_type": event_type, "timestamp": T0, "event_id": "old",
                                   "payload": {"amount": 100.0}}])

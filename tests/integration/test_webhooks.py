@@ -248,16 +248,17 @@ def test_a_delivery_finding_no_secret_fails_at_once_saying_what_to_do(settings, 
                                                                       event_type):
     """Submission refuses such a callback; a job stored anyway (say, before an upgrade) is never
     signed with the env secret another tenant holds."""
-    from tasks import create_celery, store
+    from tasks import create_celery
+    from tasks.store import jobs
 
     tenant, r = f"gamma-{uuid.uuid4().hex[:8]}", redis_server.client()
-    job_id = store.create_job(r, settings, tenant, kind="validate",
+    job_id = jobs.create_job(r, settings, tenant, kind="validate",
                               events=[{**EVENT, "event_type": event_type}],
                               callback_url=receiver.url)
     create_celery(settings).send_task("vigil.validate_job", args=[tenant, job_id])
     deadline, webhook = time.monotonic() + 20, None
     while time.monotonic() < deadline and (webhook or {}).get("status") != "failed":
-        webhook = (store.get_job(r, tenant, job_id) or {}).get("webhook")
+        webhook = (jobs.get_job(r, tenant, job_id) or {}).get("webhook")
         time.sleep(0.05)
     assert webhook and webhook["status"] == "failed" and webhook["attempts"] == 1, webhook
     assert f"tenant '{tenant}' has no webhook secret" in webhook["last_error"]

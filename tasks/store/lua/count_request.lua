@@ -1,0 +1,1 @@
+return counted(KEYS[1], ARGV[1])
