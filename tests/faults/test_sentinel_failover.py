@@ -26,7 +26,7 @@ from fault_helpers import FINISHED, wait_until
 from sentinel_stack import SentinelStack
 
 from core.connections import store_client
-from tasks import store
+from tasks.store import baselines
 
 # Accepted before the primary is killed, and after: enough of each to be more than luck.
 BEFORE, AFTER = 60, 60
@@ -206,7 +206,7 @@ def test_service_continues_after_the_primary_is_killed(stacks, tmp_path_factory,
             valid += client.get(f"/v1/jobs/{job_id}").json()["summary"]["valid"]
         elif what != "lost":
             unfinished_events += jobs[job_id].events
-    history = store.event_type_counts(r, "alpha").get(load.event_type, 0)
+    history = baselines.event_type_counts(r, "alpha").get(load.event_type, 0)
     unknown_events = sum(s.events for s in unknown)
     assert valid <= history <= valid + unfinished_events + unknown_events, \
         (valid, history, unfinished_events, unknown_events)

@@ -27,7 +27,7 @@ from core import keys
 from core.config import Settings
 from core.localredis import free_port, start_redis
 from core.localreplicas import start_replica
-from tasks import store
+from tasks.store import jobs
 
 TENANT = "alpha"
 AUTH = {"Authorization": f"Bearer {KEYS[TENANT]}", "Content-Type": "application/json"}
@@ -133,4 +133,4 @@ def test_with_the_replica_stopped_a_submission_is_503_stored_and_its_keyed_retry
     assert again.get_json()["job_id"] == keyed
     assert replica_client(pair).hget(keys.job(TENANT, keyed), "status") == b"queued"
     # One job, whatever the retries: once among the tenant's jobs.
-    assert store.recent_job_ids(primary, TENANT, 200).count(keyed) == 1
+    assert jobs.recent_job_ids(primary, TENANT, 200).count(keyed) == 1
