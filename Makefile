@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval bench bench-servers bench-wait fuzz soak clean distclean
+.PHONY: help install run test lint eval bench bench-servers bench-capacity bench-wait fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -13,6 +13,7 @@ help:
 	@echo "  lint       ruff check"
 	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
+	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
 	@echo "  bench-wait submit latency with and without VIGIL_REDIS_WAIT_REPLICAS=1 (primary + replica, ~30 s)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
@@ -34,6 +35,8 @@ test: install
 		(apt-get update -q && apt-get install -y -q chromium chromium-driver)
 	@command -v promtool >/dev/null 2>&1 || \
 		(apt-get update -q && apt-get install -y -q prometheus)
+	@command -v haproxy >/dev/null 2>&1 || \
+		(apt-get update -q && apt-get install -y -q haproxy)
 	$(VENV)/bin/python -m pytest
 
 lint: install
@@ -51,6 +54,9 @@ bench: install
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers
+
+bench-capacity: install
+	$(VENV)/bin/python -m benchmarks.capacity
 
 bench-wait: install
 	$(VENV)/bin/python -m benchmarks.wait_replicas

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.cgroups import joiner
 from core.localredis import free_port, redis_answers, server_command
 from core.server import DEFAULT_SERVER, api_command
 
@@ -176,16 +177,17 @@ class Processes:
         self.started: list[Started] = []
 
     def _popen(self, name: str, cmd: list[str], env: dict[str, str], *, own_session: bool,
-               url: str, stop_signal: int = signal.SIGTERM) -> Started:
+               url: str, stop_signal: int = signal.SIGTERM, cgroup: Path | None = None) -> Started:
         log = self.workdir / f"{name}.log"
         with open(log, "ab") as out:
             popen = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                     stderr=subprocess.STDOUT, start_new_session=own_session)
+                                     stderr=subprocess.STDOUT, start_new_session=own_session,
+                                     preexec_fn=joiner(cgroup))
         started = Started(name, popen, log, url, stop_signal)
         self.started.append(started)
         return started
 
-    def start_redis(self, name: str) -> str:
+    def start_redis(self, name: str, cgroup: Path | None = None) -> str:
         """A private redis-server on a free port, configured as scripts/run.py starts its own
         (core.localredis.server_command) but with its files in a temp dir. Its own session: a
         Ctrl-C must not take Redis away before the stacks using it have stopped."""
@@ -193,7 +195,7 @@ class Processes:
         data.mkdir()
         url = f"redis://127.0.0.1:{port}/0"
         started = self._popen(name, server_command(port, data), child_env(), own_session=True,
-                              url=url)
+                              url=url, cgroup=cgroup)
         deadline = time.monotonic() + 10
         while not redis_answers(url):
             if started.popen.poll() is not None or time.monotonic() > deadline:
@@ -212,16 +214,24 @@ class Processes:
         self._wait_ready(started, "/readyz", lambda body: body.get("workers", 0) >= expect_workers)
         return started
 
-    def start_server(self, name: str, module: str, **env: str) -> Started:
-        """`module` served as Vigil's API is (core.server.DEFAULT_SERVER), on a free port."""
+    def start_server(self, name: str, module: str, cgroup: Path | None = None,
+                     **env: str) -> Started:
+        """`module` served as Vigil's API is (core.server.DEFAULT_SERVER), on a free port, in
+        `cgroup` if given (benchmarks.cgroups)."""
         port = free_port()
         cmd = api_command(DEFAULT_SERVER, Path(sys.executable).parent, f"127.0.0.1:{port}",
                           module)
         # SIGINT: an immediate stop (SIGTERM lets busy workers finish first).
         started = self._popen(name, cmd, child_env(**env), own_session=False,
-                              url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT)
+                              url=f"http://127.0.0.1:{port}", stop_signal=signal.SIGINT,
+                              cgroup=cgroup)
         self._wait_ready(started, "/healthz", lambda body: True)
         return started
+
+    def start_process(self, name: str, cmd: list[str], env: dict[str, str],
+                      cgroup: Path | None = None) -> Started:
+        """Any command (a Celery worker), in `cgroup` if given; not waited for."""
+        return self._popen(name, cmd, env, own_session=False, url="", cgroup=cgroup)
 
     def _wait_ready(self, started: Started, path: str, ok, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
