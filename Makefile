@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test lint eval bench bench-servers bench-capacity bench-wait fuzz soak clean distclean
+.PHONY: help install run test lint eval bench bench-fairness bench-servers bench-capacity bench-wait fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -11,7 +11,8 @@ help:
 	@echo "  run        start Redis (if none answers), API, worker, beat and Flower; Ctrl-C stops all"
 	@echo "  test       run the test suite"
 	@echo "  lint       ruff check"
-	@echo "  bench      throughput and latency vs two reference designs, private stacks (~5 min)"
+	@echo "  bench      throughput and latency vs two reference designs, and fair tenants, private stacks (~9 min)"
+	@echo "  bench-fairness  make bench's fair-tenants phase alone: one tenant's backlog next to another's trickle (~3 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
 	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
 	@echo "  bench-wait submit latency with and without VIGIL_REDIS_WAIT_REPLICAS=1 (primary + replica, ~30 s)"
@@ -51,6 +52,9 @@ distclean: clean
 
 bench: install
 	$(VENV)/bin/python -m benchmarks.run_all
+
+bench-fairness: install
+	$(VENV)/bin/python -m benchmarks.fairness
 
 bench-servers: install
 	$(VENV)/bin/python -m benchmarks.servers

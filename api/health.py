@@ -30,6 +30,15 @@ def celery_queues(conf) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def tenant_inboxes(r: redis.Redis) -> dict[str, str]:
+    """Tenant -> inbox key of the tenants with single events waiting (tasks.inbox's ring);
+    none readable while Redis does not answer (the collectors then report nothing)."""
+    try:
+        return {t.decode(): keys.tenant_inbox(t.decode()) for t in r.smembers(keys.events_ring())}
+    except redis.RedisError:
+        return {}
+
+
 @blp.route("/healthz")
 class Healthz(MethodView):
     @blp.response(200)
@@ -76,10 +85,10 @@ class Metrics(MethodView):
         svc = services()
         # Celery queues are read from Redis lists through the store's client: only when the
         # broker is the store's own Redis (plain or through its sentinels). The single-event
-        # inbox is in the job store, whatever the broker.
+        # inboxes are in the job store, whatever the broker.
         queues = celery_queues(svc.celery.conf) if svc.settings.broker_in_store else []
-        inbox = keys.events_inbox()
-        body = exposition(QueueDepthCollector(svc.redis, queues, inbox_key=inbox),
-                          QueueAgeCollector(svc.redis, queues, inbox_key=inbox),
+        inboxes = tenant_inboxes(svc.redis)
+        body = exposition(QueueDepthCollector(svc.redis, queues, inboxes=inboxes),
+                          QueueAgeCollector(svc.redis, queues, inboxes=inboxes),
                           WorkersCollector(svc.redis, celery_queues(svc.celery.conf)))
         return flask.Response(body, mimetype=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -31,7 +32,7 @@ from api.schemas import (
     JobSubmitSchema,
 )
 from api.services import Services, services
-from tasks import eta, inbox
+from tasks import eta, inbox, job_queue
 from tasks.documents import job_document
 from tasks.store import job_data, jobs
 
@@ -42,9 +43,9 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1",
 blp.before_request(require_tenant)
 blp.before_request(limit_rate)
 
-TASK_FOR_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_history",
-                 "train": "vigil.train_job", "backtest": "vigil.backtest_job",
-                 "revalidate": "vigil.revalidate_job"}
+# Each kind's own task: what a job is logged under, and (VIGIL_MICRO_BATCH=off) the task a
+# single event is sent to; jobs are otherwise queued per tenant (tasks.job_queue).
+TASK_FOR_KIND = job_queue.TASK_OF_KIND
 CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
             "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
 # WSGI environ key: the job id api.fast_submit tried to store a request under before it
@@ -76,11 +77,16 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     if single:  # the fast path, if it handed the request over, made the first store call
         stored_retrying(lambda: admit_single_event(svc, tenant, events[0], job_id=job_id),
                         retry=JOB_ID_ENVIRON not in flask.request.environ)
-    else:
+    elif task is not None:
         stored_retrying(lambda: jobs.create_job(
             svc.redis, svc.settings, tenant, kind=kind, events=events, event_type=event_type,
             callback_url=callback_url, job_id=job_id, params=params), retry=True)
-        svc.enqueue(task or TASK_FOR_KIND[kind], tenant, job_id)
+        svc.enqueue(task, tenant, job_id)
+    else:
+        queue_fairly(svc, tenant, job_id, lambda: jobs.create_queued_job(
+            svc.redis, svc.settings, tenant, kind=kind, events=events, event_type=event_type,
+            callback_url=callback_url, job_id=job_id, params=params))
+    if not single:  # admit_single_event confirms its own (the fast path calls it too)
         replication.confirm(svc, tenant, job_id)  # VIGIL_REDIS_WAIT_REPLICAS
     flask.g.job_id = job_id  # for the request's log line
     status_url = flask.url_for("jobs.Job", job_id=job_id)
@@ -88,6 +94,28 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
     eta_s = job_eta(svc, tenant, job_id, lane, len(events))
     return ({"job_id": job_id, "status": jobs.QUEUED, "status_url": status_url, "eta_s": eta_s},
             202, {"Location": status_url, "Retry-After": str(eta.retry_after(eta_s))})
+
+
+def queue_fairly(svc: Services, tenant: str, job_id: str,
+                 create: Callable[[], tuple[str, bool]]) -> None:
+    """Store a job in its tenant's queue (tasks.job_queue), put the tenant in the ring if the
+    queue was empty, and send the message that has a worker run the next job."""
+    first: list[bool] = []
+    stored_retrying(lambda: first.append(create()[1]), retry=True)
+    if first[-1]:
+        try:
+            job_queue.join(svc.redis, tenant)
+        except redis.RedisError:
+            # Stored and queued: the sweep (vigil.sweep_jobs) puts the tenant in the ring.
+            log.warning("tenant not put in the job ring; the sweep will", exc_info=True)
+    try:
+        svc.enqueue(job_queue.RUN_TASK, tenant, job_id)
+    except (kombu.exceptions.OperationalError, redis.RedisError):
+        # Answered 503: the job must not run later unasked (a client retrying without an
+        # Idempotency-Key would have it judged twice), as with a job's own message refused.
+        with contextlib.suppress(redis.RedisError):
+            job_queue.unqueue(svc.redis, tenant, job_id)
+        raise
 
 
 def job_eta(svc: Services, tenant: str, job_id: str, lane: str, events: int) -> float:
@@ -155,9 +183,11 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
         svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
         replication.confirm(svc, tenant, job_id)
         return job_id
-    job_id, wake = jobs.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
-                                          job_id=job_id)
-    if wake:
+    job_id, first = jobs.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
+                                           job_id=job_id)
+    # Only the append that made the tenant's inbox non-empty puts it in the ring, and only the
+    # one that made the ring non-empty wakes the events worker (tasks.inbox).
+    if first and inbox.join_ring(svc.redis, tenant):
         try:
             svc.enqueue(inbox.WAKE_TASK)
         except (kombu.exceptions.OperationalError, redis.RedisError):

@@ -137,11 +137,11 @@ class Http:
     its answer. Concurrent requests each take their own connection.
     """
 
-    def __init__(self, base_url: str, timeout_s: float = 60.0) -> None:
+    def __init__(self, base_url: str, timeout_s: float = 60.0, api_key: str = DEV_API_KEY) -> None:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
         self.timeout_s = timeout_s
-        self._head = f"Host: {self.host}:{self.port}\r\nAuthorization: {HEADERS['Authorization']}\r\n"
+        self._head = f"Host: {self.host}:{self.port}\r\nAuthorization: Bearer {api_key}\r\n"
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:

@@ -10,6 +10,8 @@
 3. Reference (b): benchmarks/sync_api.py served as the API is (checks in the request handler).
 4. The HTTP floor: benchmarks/noop_app.py served as the API is, driven as (b) is: what one submit costs
    the load generator and the server before any design does anything with the event.
+5. Fair tenants (benchmarks/fairness.py, also `make bench-fairness`): tenant A's backlog of
+   1,000-event jobs next to tenant B's single events at 50/s and small jobs.
 
 Prints one table (and where the CPU went). Figures only: nothing is asserted, and the
 machine may be shared, so they move from run to run. Every process started is stopped at
@@ -38,6 +40,8 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import load
+from benchmarks.fairness import bench_fairness
+from benchmarks.fairness import report_lines as fairness_lines
 from benchmarks.inprocess import ceiling
 from benchmarks.stack import ROOT, Processes, Started, cpu_between, cpu_sample
 from core import keys
@@ -252,8 +256,8 @@ def single_verdict_buckets(url: str) -> Buckets:
 def wait_inbox_empty(redis_url: str, timeout_s: float = 60) -> None:
     r = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + timeout_s
-    while (r.llen(keys.events_inbox()) or r.zcard(keys.events_claimed())) \
-            and time.monotonic() < deadline:
+    # A tenant leaves the ring once the worker finds its inbox empty, after its last batch.
+    while r.scard(keys.events_ring()) and time.monotonic() < deadline:
         time.sleep(0.2)
 
 
@@ -580,6 +584,7 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
         "events/s moves with")
     add("   the machine's other load; CPU per event is the figure to compare across rows.")
     add("-" * width)
+    lines.extend(fairness_lines(results, width))
 
     add("Where the CPU went: core-ms per event (per request sent in latency phases), by component. "
         "'api' is Vigil's")
@@ -610,8 +615,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="multiply every phase's duration (e.g. 0.3 for a quick look)")
-    parser.add_argument("--only", default="vigil,a,b,floor",
-                        help="comma-separated subset of vigil, a, b, floor")
+    parser.add_argument("--only", default="vigil,a,b,floor,fair",
+                        help="comma-separated subset of vigil, a, b, floor, fair")
     args = parser.parse_args(argv)
     wanted = {x.strip() for x in args.only.split(",")}
 
@@ -639,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
             bench_reference_b(procs, args.time_scale, results)
         if "floor" in wanted:
             bench_http_floor(procs, args.time_scale, results)
+        if "fair" in wanted:
+            bench_fairness(procs, args.time_scale, results)
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
         code = 130

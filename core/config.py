@@ -24,7 +24,8 @@ EVENTS_QUEUE = "events"
 WEBHOOKS_QUEUE = "webhooks"
 # Beat hands out webhook retries due later than a Celery countdown may wait, this often.
 WEBHOOK_SWEEP_S = 5.0
-# How often beat returns lapsed single-event claims to the inbox (tasks.micro_batch).
+# How often beat returns lapsed single-event and job claims to their tenants' inboxes and
+# queues (tasks.micro_batch, tasks.next_job).
 EVENTS_SWEEP_S = 5.0
 BASELINE_MODES = ("both", "all_time", "recent", "robust")
 DERIVED_FEATURES = ("time_of_day", "delta")
@@ -76,6 +77,35 @@ def _parse_api_keys(raw: str) -> dict[str, str]:
                 "of its own")
         tenants[digest], entry_of[digest] = tenant, index + 1
     return tenants
+
+
+# A tenant's weight is its share of the workers next to the others with work waiting
+# (VIGIL_TENANT_WEIGHTS); bounded so one tenant cannot be set to starve the rest for good.
+MAX_TENANT_WEIGHT = 1000.0
+
+
+def _parse_weights(raw: str) -> dict[str, float]:
+    """``"acme:3,small:1"`` -> {"acme": 3.0, "small": 1.0}."""
+    weights: dict[str, float] = {}
+    for index, item in enumerate(filter(None, (part.strip() for part in raw.split(",")))):
+        tenant, sep, value = (x.strip() for x in item.partition(":"))
+        if not sep or not tenant or not value:
+            raise ConfigError(f"VIGIL_TENANT_WEIGHTS entry #{index + 1} ({item!r}) is not "
+                              "'tenant:weight' (e.g. acme:3,small:1)")
+        if not TENANT_NAME.fullmatch(tenant):
+            raise ConfigError(f"VIGIL_TENANT_WEIGHTS tenant {tenant!r} must match "
+                              f"{TENANT_NAME.pattern}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = math.nan
+        if not (math.isfinite(weight) and 0 < weight <= MAX_TENANT_WEIGHT):
+            raise ConfigError(f"VIGIL_TENANT_WEIGHTS weight of {tenant!r} is {value!r}: it must be "
+                              f"a number above 0 and at most {MAX_TENANT_WEIGHT:g} (1 if unset)")
+        if tenant in weights:
+            raise ConfigError(f"VIGIL_TENANT_WEIGHTS gives tenant {tenant!r} a weight twice")
+        weights[tenant] = weight
+    return weights
 
 
 def _names(raw: str) -> tuple[str, ...]:
@@ -222,6 +252,18 @@ class Settings:
     # A worker's own /metrics port (tasks.metrics_server), for deployments where workers do
     # not share the API's PROMETHEUS_MULTIPROC_DIR (docker compose); None: no server.
     worker_metrics_port: int | None = None
+    # Tenant -> weight (VIGIL_TENANT_WEIGHTS): each tenant's share of the workers while others
+    # have work waiting too (tasks.inbox, tasks.job_queue); a tenant not named weighs 1.
+    tenant_weights: Mapping[str, float] = field(default_factory=dict)
+
+    def weight(self, tenant: str) -> float:
+        """The tenant's weight in the fair lanes (1 unless VIGIL_TENANT_WEIGHTS says)."""
+        return self.tenant_weights.get(tenant, 1.0)
+
+    @property
+    def tenants(self) -> frozenset[str]:
+        """Every tenant with an API key."""
+        return frozenset(self.api_keys.values())
 
     @property
     def recent_alpha(self) -> float:
@@ -353,6 +395,7 @@ class Settings:
             rate_limit=get("VIGIL_RATE_LIMIT", defaults.rate_limit, int),
             worker_nice=get("VIGIL_WORKER_NICE", defaults.worker_nice, int),
             worker_metrics_port=get("VIGIL_WORKER_METRICS_PORT", defaults.worker_metrics_port, int),
+            tenant_weights=_parse_weights(env.get("VIGIL_TENANT_WEIGHTS", "")),
         )
         settings.check()
         return settings
@@ -410,6 +453,11 @@ class Settings:
             raise ConfigError("VIGIL_RATE_LIMIT must be 0 (no limit) or more requests per second")
         if not 0 <= self.worker_nice <= 19:
             raise ConfigError("VIGIL_WORKER_NICE must be between 0 (as started) and 19 (nicest)")
+        unknown_tenants = sorted(set(self.tenant_weights) - self.tenants)
+        if unknown_tenants:
+            # Most likely a typo: the tenant it meant would silently keep weight 1.
+            raise ConfigError(f"VIGIL_TENANT_WEIGHTS names {', '.join(map(repr, unknown_tenants))}, "
+                              "which has no API key in VIGIL_API_KEYS")
         try:
             for network in self.allow_private_callbacks:
                 ipaddress.ip_network(network, strict=False)
@@ -520,6 +568,8 @@ class Settings:
             # default queue never holds them back.
             "task_routes": {"vigil.validate_events": {"queue": EVENTS_QUEUE},
                             "vigil.sweep_events": {"queue": EVENTS_QUEUE},
+                            # Quick, and must not wait behind the backlog it sweeps for.
+                            "vigil.sweep_jobs": {"queue": EVENTS_QUEUE},
                             "vigil.deliver_webhook": {"queue": WEBHOOKS_QUEUE},
                             "vigil.deliver_episode_webhook": {"queue": WEBHOOKS_QUEUE},
                             "vigil.send_due_webhooks": {"queue": WEBHOOKS_QUEUE}},
@@ -538,6 +588,10 @@ class Settings:
                 },
                 "sweep-events": {
                     "task": "vigil.sweep_events",
+                    "schedule": EVENTS_SWEEP_S,
+                },
+                "sweep-jobs": {
+                    "task": "vigil.sweep_jobs",
                     "schedule": EVENTS_SWEEP_S,
                 },
             },

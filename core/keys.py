@@ -123,15 +123,76 @@ def replication_fence(tenant: str) -> str:
 
 
 def events_inbox() -> str:
-    """List: '<tenant>:<job id>' of single-event jobs waiting for the events worker, oldest
-    first (tasks.inbox)."""
+    """List: '<tenant>:<job id>' of single-event jobs, one inbox for every tenant, as written
+    before inboxes were per tenant (tenant_inbox); the sweep moves what it finds there into
+    the tenants' inboxes (tasks.inbox.migrate_legacy)."""
     return f"{PREFIX}:events-inbox"
 
 
 def events_claimed() -> str:
-    """Sorted set: '<tenant>:<job id>' taken from the inbox by a worker, scored by when the
-    claim lapses (a worker that died leaves them here; the sweep puts them back)."""
+    """Sorted set: '<tenant>:<job id>' claimed from events_inbox, as written before inboxes were
+    per tenant; the sweep moves them into the tenants' inboxes."""
     return f"{PREFIX}:events-claimed"
+
+
+# The fair lanes (tasks.inbox, tasks.job_queue): per-tenant lists drained by rounds across the
+# tenants that have work. The tenant is a hash tag ({tenant}): a script touches the keys of one
+# tenant only, which then share a Redis Cluster slot; the rings of tenants with work are global
+# keys, changed by separate commands.
+
+def tenant_inbox(tenant: str) -> str:
+    """List: job ids of the tenant's single-event jobs waiting for the events worker, oldest
+    first (tasks.inbox)."""
+    return f"{PREFIX}:{{{tenant}}}:events-inbox"
+
+
+def tenant_inbox_claimed(tenant: str) -> str:
+    """Sorted set: job ids taken from the tenant's inbox by a worker, scored by when the claim
+    lapses (a worker that died leaves them here; the sweep puts them back)."""
+    return f"{PREFIX}:{{{tenant}}}:events-claimed"
+
+
+def events_ring() -> str:
+    """Set: tenants whose inbox has (or may have) entries: the events worker's round goes over
+    these (tasks.inbox). Shares its hash tag with events_draining: one script reads both."""
+    return f"{PREFIX}:{{events-ring}}:tenants"
+
+
+def events_draining() -> str:
+    """String (expiring): an events worker is draining and will look at the ring again soon
+    (tasks.micro_batch lingers after the ring empties); while it exists, the API sends no wake
+    message for a tenant that joins an empty ring."""
+    return f"{PREFIX}:{{events-ring}}:draining"
+
+
+def job_queue(tenant: str) -> str:
+    """List: ids of the tenant's jobs waiting for a worker of the default queue, oldest first
+    (tasks.job_queue)."""
+    return f"{PREFIX}:{{{tenant}}}:job-queue"
+
+
+def job_queue_claimed(tenant: str) -> str:
+    """Sorted set: ids of the tenant's jobs taken by a worker, scored by when the claim lapses."""
+    return f"{PREFIX}:{{{tenant}}}:job-claimed"
+
+
+def jobs_ring() -> str:
+    """Sorted set: tenants with jobs waiting, scored by their virtual time (events served over
+    their weight): the next job is the head of the lowest-scored tenant's queue
+    (tasks.job_queue). Shares its hash tag with jobs_clock: one script reads and writes both."""
+    return f"{PREFIX}:{{jobs-ring}}:tenants"
+
+
+def jobs_clock() -> str:
+    """String: the virtual time of the latest job handed out; a tenant joining jobs_ring starts
+    there, so time spent idle earns no credit."""
+    return f"{PREFIX}:{{jobs-ring}}:clock"
+
+
+def job_claims() -> str:
+    """Hash: Celery task id -> '<tenant>:<job id>' of the job that task claimed, so a message
+    redelivered after its worker died runs the job its first delivery claimed."""
+    return f"{PREFIX}:job-claims"
 
 
 def workers() -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import os
 from collections import Counter as Tally
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -134,8 +135,9 @@ class QueueDepthCollector:
     scraped (a value from the moment of the scrape, not one any process has to keep up to date).
     Nothing is reported while Redis does not answer, so /metrics itself still does."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None):
-        self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+    def __init__(self, client: redis.Redis, queues: Sequence[str],
+                 inboxes: Mapping[str, str] | None = None):
+        self.client, self.queues, self.inboxes = client, list(dict.fromkeys(queues)), inboxes
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -143,8 +145,8 @@ class QueueDepthCollector:
             for queue in self.queues:
                 for name in (queue, *(f"{queue}{_PRIORITY_SEP}{step}" for step in _PRIORITY_STEPS)):
                     pipe.llen(name)
-            if self.inbox_key:
-                pipe.llen(self.inbox_key)
+            for key in (self.inboxes or {}).values():
+                pipe.llen(key)
             lengths = pipe.execute()
         except redis.RedisError as exc:
             log.warning("queue depth not scraped: %s", type(exc).__name__)
@@ -154,8 +156,8 @@ class QueueDepthCollector:
         per_queue = 1 + len(_PRIORITY_STEPS)
         for i, queue in enumerate(self.queues):
             family.add_metric([queue], sum(lengths[i * per_queue:(i + 1) * per_queue]))
-        if self.inbox_key:  # single-event jobs waiting for the events worker (tasks.inbox)
-            family.add_metric([INBOX_LABEL], lengths[-1])
+        if self.inboxes is not None:  # single-event jobs waiting, every tenant's (tasks.inbox)
+            family.add_metric([INBOX_LABEL], sum(lengths[len(self.queues) * per_queue:]))
         yield family
 
 
@@ -178,25 +180,29 @@ class QueueAgeCollector:
     oldest message names no job (a wake-up; the inbox has the single events) is left out.
     Celery's Redis transport pushes on the left and pops on the right: the oldest is last."""
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str], inbox_key: str | None = None):
-        self.client, self.queues, self.inbox_key = client, list(dict.fromkeys(queues)), inbox_key
+    def __init__(self, client: redis.Redis, queues: Sequence[str],
+                 inboxes: Mapping[str, str] | None = None):
+        self.client, self.queues, self.inboxes = client, list(dict.fromkeys(queues)), inboxes
 
     def collect(self) -> Iterator[Metric]:
+        inboxes = dict(self.inboxes or {})
         try:
             pipe = self.client.pipeline(transaction=False)
             pipe.time()
             for queue in self.queues:
                 pipe.lindex(queue, -1)
-            if self.inbox_key:
-                pipe.lindex(self.inbox_key, 0)
+            for key in inboxes.values():
+                pipe.lindex(key, 0)
             (seconds, micros), *oldest = pipe.execute()
-            jobs: dict[str, tuple[str, str] | None] = {}
+            named: list[tuple[str, tuple[str, str]]] = []
             for queue, raw in zip(self.queues, oldest):
-                jobs[queue] = _message_job(raw) if raw else None
-            if self.inbox_key and oldest[-1]:
-                tenant, _, job_id = oldest[-1].decode().rpartition(":")
-                jobs[INBOX_LABEL] = (tenant, job_id)
-            named = [(label, job) for label, job in jobs.items() if job]
+                job = _message_job(raw) if raw else None
+                if job:
+                    named.append((queue, job))
+            # Each tenant's inbox is oldest first: the oldest of their heads is the inbox's.
+            heads = oldest[len(self.queues):]
+            named += [(INBOX_LABEL, (tenant, raw.decode()))
+                      for tenant, raw in zip(inboxes, heads) if raw]
             for _, (tenant, job_id) in named:
                 pipe.hget(keys.job(tenant, job_id), "created_at")
             created = pipe.execute() if named else []
@@ -207,14 +213,18 @@ class QueueAgeCollector:
         family = GaugeMetricFamily("vigil_queue_oldest_age_seconds",
                                    "Seconds the oldest job waiting in a queue has waited.",
                                    labels=["queue"])
-        labels = [*self.queues, *([INBOX_LABEL] if self.inbox_key else [])]
-        waiting = dict(zip([label for label, _ in named], created))
-        empty = {q for q, raw in zip(labels, oldest) if not raw}
-        for label in labels:
+        waiting: dict[str, float] = {}
+        for (label, _), at in zip(named, created):
+            if at:  # the job expired or was never stored: unknown
+                waiting[label] = min(waiting.get(label, math.inf), float(at))
+        empty = {q for q, raw in zip(self.queues, oldest) if not raw}
+        if self.inboxes is not None and not any(oldest[len(self.queues):]):
+            empty.add(INBOX_LABEL)
+        for label in [*self.queues, *([INBOX_LABEL] if self.inboxes is not None else [])]:
             if label in empty:
                 family.add_metric([label], 0.0)
-            elif waiting.get(label):  # the job expired or was never stored: unknown
-                family.add_metric([label], max(now - float(waiting[label]), 0.0))
+            elif label in waiting:
+                family.add_metric([label], max(now - waiting[label], 0.0))
         yield family
 
 

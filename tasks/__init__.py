@@ -7,7 +7,7 @@ from celery import Celery
 from core.config import EVENTS_QUEUE, WEBHOOKS_QUEUE, Settings
 
 TASK_MODULES = ["tasks.validate", "tasks.micro_batch", "tasks.history", "tasks.models", "tasks.webhooks",
-                "tasks.replay"]
+                "tasks.replay", "tasks.next_job"]
 
 
 # The three kinds of worker (`make run` and the tests use these; docker-compose.yml spells

@@ -15,10 +15,15 @@ on its own:
   rewrites its own entry rather than counting twice.
   Why not the Celery queue's length: it counts messages, and one message may be one event
   or 10,000.
-- 'events', the single-event inbox (tasks.inbox). Work ahead: its length plus the claimed
-  entries, the very structures the worker drains (each entry is one event), so nothing can
-  drift. A queued event polled later counts the events behind it too: at most a
-  micro-batch's worth of pessimism.
+- 'events', the single-event inboxes (tasks.inbox). Work ahead: the length of the tenant's
+  inbox plus its claimed entries, the very structures the worker drains (each entry is one
+  event), so nothing can drift, times the number of tenants in the ring (the worker's rounds
+  share it among them; exact for equal weights and equal backlogs, long otherwise). A queued
+  event polled later counts the events behind it too: at most a micro-batch's worth of
+  pessimism.
+  The 'jobs' lane counts every tenant's pending events created before the job, as if jobs
+  ran in the order they came: under the fair queue (tasks.job_queue) a small tenant's job runs
+  sooner, so its estimate errs long.
 
 Throughput: workers count the events they judged per epoch second (keys.judged; a chunk's
 events land in the second it was merged) and the time they spent judging them
@@ -67,10 +72,11 @@ BUCKETS_KEPT = WINDOW_S + 10
 # with the progress script of tasks.store.jobs, prepended to each script that calls it.
 _RECORD = lua.text("count_judged", "record_judged")
 
-# The inputs of a job's estimate in one round trip: {lane (1 jobs, 0 events), events ahead
-# (its own included), events judged in the window, milliseconds the lane was busy then}.
-# KEYS: pending-events, judged:jobs, judging-ms:jobs, judged:events, judging-ms:events,
-# inbox, claimed. ARGV: the job's entry, the window's first second.
+# The inputs of a job's estimate: {lane (1 jobs, 0 events), events ahead (its own included;
+# 0 for the events lane, whose backlog is read from the tenant's inbox beside it), events
+# judged in the window, milliseconds the lane was busy then}.
+# KEYS: pending-events, judged:jobs, judging-ms:jobs, judged:events, judging-ms:events.
+# ARGV: the job's entry, the window's first second.
 _READ = lua.text("backlog")
 
 
@@ -117,13 +123,21 @@ def fallback(lane: str, events: int) -> Backlog:
 
 
 def backlog(r: redis.Redis, tenant: str, job_id: str, now: float | None = None) -> Backlog:
-    """The backlog of an unfinished job (one script call)."""
+    """The backlog of an unfinished job (one round trip: the script on the lanes' global keys,
+    the tenant's inbox and the ring beside it, as a script may not mix a tenant's keys with
+    global ones)."""
     now = time.time() if now is None else now
-    lane, ahead, judged, busy_ms = r.register_script(_READ)(
+    pipe = r.pipeline(transaction=False)
+    r.register_script(_READ)(
         keys=[keys.pending_events(), keys.judged(JOBS), keys.judging_ms(JOBS),
-              keys.judged(EVENTS), keys.judging_ms(EVENTS), keys.events_inbox(),
-              keys.events_claimed()],
-        args=[pending_entry(tenant, job_id), int(now) - WINDOW_S])
+              keys.judged(EVENTS), keys.judging_ms(EVENTS)],
+        args=[pending_entry(tenant, job_id), int(now) - WINDOW_S], client=pipe)
+    pipe.llen(keys.tenant_inbox(tenant))
+    pipe.zcard(keys.tenant_inbox_claimed(tenant))
+    pipe.scard(keys.events_ring())
+    (lane, ahead, judged, busy_ms), waiting, claimed, tenants = pipe.execute()
+    if not lane:
+        ahead = (waiting + claimed) * max(1, tenants)
     return Backlog(JOBS if lane else EVENTS, int(ahead), int(judged), int(busy_ms) / 1000)
 
 

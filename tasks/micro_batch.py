@@ -1,10 +1,12 @@
 """Single-event jobs scored together: one vectorised pass per event type per micro-batch.
 
-The API appends single-event jobs to the inbox (tasks.inbox) and wakes this task when the
-inbox was empty. The task claims up to MAX_BATCH waiting jobs at once (a small claim waits
-GATHER_S for more), judges them together, and claims again until the inbox is empty: events
-that arrive while a batch is judged form the next batch, so a lone event waits at most
-GATHER_S and batches grow with the load by themselves. A worker that dies mid-batch leaves
+The API appends single-event jobs to their tenant's inbox (tasks.inbox) and wakes this task
+when no tenant had any waiting. The task claims up to MAX_BATCH waiting jobs at once, shared
+among the tenants with work by weight (a small claim waits GATHER_S for more), judges them
+together, and claims again until every inbox is empty: events that arrive while a batch is
+judged form the next batch, so a lone event waits at most GATHER_S, batches grow with the
+load by themselves, and one tenant's backlog delays another's events by a round, not by the
+backlog. A worker that dies mid-batch leaves
 its claims, which the sweep (beat, every EVENTS_SWEEP_S) puts back once they lapse
 (VIGIL_VISIBILITY_TIMEOUT); merges are idempotent per job (tasks.validate.merge_per_job), so
 nothing is lost or counted twice.
@@ -40,28 +42,51 @@ DRAIN_BUDGET_S = 10.0
 # before a verdict.
 GATHER_BELOW = 50
 GATHER_S = 0.01
+# With every inbox empty, the task looks again every GATHER_S for this long before it ends,
+# saying so in Redis (tasks.inbox.draining): events arriving meanwhile need no wake message.
+# At 50 single events/s, a task that ended at once was woken for nearly every event, each
+# wake costing a Celery message (about 1 ms of API CPU to publish, 2 ms of worker CPU to
+# receive and acknowledge, docs/architecture.md).
+LINGER_S = 1.0
 
 
 @shared_task(name=inbox.WAKE_TASK, acks_late=True, ignore_result=True)
 def validate_events(tenant: str | None = None, job_id: str | None = None) -> int:
-    """Drain the inbox; returns the number of jobs judged.
+    """Drain the inboxes; returns the number of jobs judged.
 
     (tenant, job_id): a message of the earlier design, one per event, still queued after an
-    upgrade; its job goes into the inbox first, so it is not lost.
+    upgrade; its job goes into its tenant's inbox first, so it is not lost.
     """
     r, cfg = redis_client(), settings()
     if tenant and job_id:
         through_outages(partial(inbox.append, r, tenant, job_id), "append to inbox")
     judged, deadline = 0, time.monotonic() + DRAIN_BUDGET_S
+    claim = partial(inbox.claim, r, weights=cfg.tenant_weights)
+    idle_since: float | None = None
     while True:
         until = time.time() + cfg.visibility_timeout_s
         claimed_at = time.monotonic()
-        claimed = through_outages(partial(inbox.claim, r, MAX_BATCH, until), "claim events")
+        claimed = through_outages(partial(claim, MAX_BATCH, until), "claim events")
         if not claimed:
+            # The round found only empty inboxes (their tenants left the ring); one that an
+            # append raced into is back in the ring: go on while any tenant is.
+            if through_outages(partial(inbox.active, r), "read the ring"):
+                continue
+            idle_since = idle_since or claimed_at
+            if claimed_at - idle_since < LINGER_S and claimed_at < deadline:
+                # Said before looking again: an append that finds the ring empty after the
+                # look just made (and so sends no wake) is seen by the next look.
+                through_outages(partial(inbox.draining, r, GATHER_S + LINGER_S), "linger")
+                time.sleep(GATHER_S)
+                continue
+            if through_outages(partial(inbox.done_draining, r), "stop draining"):
+                idle_since = None
+                continue
             return judged
+        idle_since = None
         if len(claimed) < GATHER_BELOW:
             time.sleep(GATHER_S)
-            claimed += through_outages(partial(inbox.claim, r, MAX_BATCH - len(claimed), until),
+            claimed += through_outages(partial(claim, MAX_BATCH - len(claimed), until),
                                        "claim events")
         by_tenant: dict[str, list[str]] = defaultdict(list)
         for owner, claimed_id in claimed:
@@ -79,17 +104,19 @@ def validate_events(tenant: str | None = None, job_id: str | None = None) -> int
 
 @shared_task(name="vigil.sweep_events", ignore_result=True)
 def sweep_events() -> None:
-    """Beat: put lapsed claims back in the inbox, and wake the events worker if anything is
-    waiting (also when the message that should have woken it was lost). Also drops the
-    pending entries of jobs that ended without dropping theirs (tasks.eta): here, as this
-    sweep already runs every few seconds."""
-    r = redis_client()
+    """Beat: put lapsed claims back in their tenants' inboxes, every tenant with entries back
+    in the ring, and wake the events worker if any tenant is in it (also when the message that
+    should have woken it was lost). Entries of the shared inbox of an earlier version move to
+    their tenants' inboxes. Also drops the pending entries of jobs that ended without dropping
+    theirs (tasks.eta): here, as this sweep already runs every few seconds."""
+    r, cfg = redis_client(), settings()
     jobs.drop_finished_pending(r)
-    reclaimed = inbox.reclaim_lapsed(r, time.time())
+    inbox.migrate_legacy(r)
+    reclaimed = inbox.reclaim_lapsed(r, cfg.tenants, time.time())
     if reclaimed:
         log.warning("single events reclaimed from a worker that stopped",
                     extra={"jobs": reclaimed})
-    if inbox.waiting(r):
+    if inbox.active(r):
         validate_events.delay()
 
 

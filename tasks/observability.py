@@ -23,7 +23,7 @@ from celery.signals import (
 
 from core import logs, metrics
 from core.gctuning import tune_gc
-from tasks import inbox
+from tasks import inbox, job_queue
 
 log = logging.getLogger("vigil.task")
 
@@ -37,7 +37,7 @@ _running: dict[str, list[Any]] = {}
 # Beat's periodic housekeeping, every few seconds even while idle: their trace lines
 # (received, succeeded, and ours when they found nothing to do) are DEBUG, not INFO, so a
 # console or log at INFO shows requests and jobs rather than a sweep every 5 s.
-HOUSEKEEPING_TASKS = frozenset({"vigil.sweep_events", "vigil.send_due_webhooks",
+HOUSEKEEPING_TASKS = frozenset({"vigil.sweep_events", "vigil.sweep_jobs", "vigil.send_due_webhooks",
                                 "vigil.retrain_due"})
 _TRACE_LOGGERS = frozenset({"celery.worker.strategy", "celery.app.trace"})
 
@@ -96,6 +96,12 @@ def _postrun(task_id: str | None = None, task: Any = None, args: Any = None, kwa
              state: str | None = None, retval: Any = None, **_: Any) -> None:
     started, error = _running.pop(task_id, (None, None)) if task_id else (None, None)
     name = getattr(task, "name", None) or "unknown"
+    ran = retval if name == job_queue.RUN_TASK and isinstance(retval, dict) else None
+    if ran:
+        # The job it ran, under its kind's task, as when each job had a task of its own (the
+        # message's own arguments name the job whose submission sent it).
+        name = job_queue.TASK_OF_KIND.get(ran.get("kind") or "", name)
+        args, kwargs = (ran.get("tenant"), ran.get("job_id")), {}
     duration = time.perf_counter() - started if started is not None else None
     if duration is not None:
         metrics.TASK_DURATION.labels(task=name).observe(duration)
@@ -106,9 +112,11 @@ def _postrun(task_id: str | None = None, task: Any = None, args: Any = None, kwa
         fields["jobs"] = retval  # single-event jobs the drain judged
     if error:
         fields["error"] = error
+    if ran:
+        fields["via"] = job_queue.RUN_TASK
     if state == "FAILURE":
         level = logging.WARNING
-    elif name in HOUSEKEEPING_TASKS and not retval:
+    elif (name in HOUSEKEEPING_TASKS or name == job_queue.RUN_TASK) and not retval:
         level = logging.DEBUG  # a sweep that found nothing to do
     else:
         level = logging.INFO

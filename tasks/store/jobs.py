@@ -48,8 +48,9 @@ def new_job_id() -> str:
 
 
 # Stores a queued job: its hash (with an expiry), its events, its place among the tenant's
-# recent jobs and, for a single event, its entry in the events inbox (tasks.inbox); returns the
-# inbox's length then (0: not appended). With a rate limit (ARGV[6] > 0) it first counts the
+# recent jobs and, for a single event or a job of the fair lane, its id appended to the
+# tenant's inbox (tasks.inbox) or job queue (tasks.job_queue), KEYS[4]; returns that list's
+# length then (0: not appended). With a rate limit (ARGV[6] > 0) it first counts the
 # request in the tenant's window (KEYS[5]) and stores nothing over the limit (-1). One script
 # call rather than a MULTI of seven commands, or a second round trip for the rate limit: the
 # API's hot path pays redis-py's cost per command.
@@ -84,13 +85,27 @@ def create_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
 def create_inbox_job(r: redis.Redis, settings: Settings, tenant: str,
                      event: Mapping, rate_limit: int = 0,
                      job_id: str | None = None) -> tuple[str, bool]:
-    """Store a single-event job and append it to the events inbox (tasks.inbox), in one
-    step. Returns its id and whether the inbox was empty (the caller must then wake the
-    events worker). rate_limit and job_id as create_job's: a retry that finds the job asks
-    for a wake too, as the first call may have found the inbox empty and woken nobody."""
+    """Store a single-event job and append it to its tenant's inbox (tasks.inbox), in one
+    step. Returns its id and whether the inbox was empty (the caller must then put the tenant
+    in the ring, tasks.inbox.join_ring). rate_limit and job_id as create_job's: a retry that
+    finds the job says so too, as the first call may have appended and joined nobody."""
     job_id, inbox_length = _create(r, settings, tenant, kind="validate", events=[event],
-                                   to_inbox=True, rate_limit=rate_limit, job_id=job_id)
+                                   append_to=keys.tenant_inbox(tenant), rate_limit=rate_limit,
+                                   job_id=job_id)
     return job_id, inbox_length in (1, ALREADY_STORED)
+
+
+def create_queued_job(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
+                      events: Sequence[Mapping] = (), event_type: str | None = None,
+                      callback_url: str | None = None, job_id: str | None = None,
+                      params: Mapping | None = None) -> tuple[str, bool]:
+    """create_job, the job also appended to its tenant's job queue (tasks.job_queue) in the
+    same step. Returns its id and whether the queue was empty (the caller must then put the
+    tenant in the ring, tasks.job_queue.join), or the job was stored before (a retry)."""
+    job_id, length = _create(r, settings, tenant, kind=kind, events=events,
+                             event_type=event_type, callback_url=callback_url, job_id=job_id,
+                             params=params, append_to=keys.job_queue(tenant), pending=True)
+    return job_id, length in (1, ALREADY_STORED)
 
 
 # What _CREATE answers for a job that exists already (a retry after a lost reply).
@@ -99,9 +114,12 @@ ALREADY_STORED = -2
 
 def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
             events: Sequence[Mapping], event_type: str | None = None,
-            callback_url: str | None = None, to_inbox: bool = False,
+            callback_url: str | None = None, append_to: str | None = None,
             rate_limit: int = 0, job_id: str | None = None,
-            params: Mapping | None = None, single: bool = False) -> tuple[str, int]:
+            params: Mapping | None = None, single: bool = False,
+            pending: bool | None = None) -> tuple[str, int]:
+    # A job of the default queue's lane has a pending entry (tasks.eta); an inbox job does not.
+    pending = append_to is None if pending is None else pending
     job_id = job_id or new_job_id()
     created_at = now()
     fields = {"job_id": job_id, "kind": kind, "status": QUEUED, "total": len(events), "done": 0,
@@ -118,12 +136,13 @@ def _create(r: redis.Redis, settings: Settings, tenant: str, *, kind: str,
         fields["params"] = dumps(params)
     inbox_length = int(r.register_script(_CREATE)(
         keys=[keys.job(tenant, job_id), keys.job_events(tenant, job_id), keys.recent_jobs(tenant),
-              keys.events_inbox(), rates.current_window(tenant), keys.pending_events()],
+              append_to or keys.tenant_inbox(tenant), rates.current_window(tenant),
+              keys.pending_events()],
         args=[settings.job_ttl_s, RECENT_JOBS_KEPT - 1, job_data.pack_events(events) if events else "",
-              job_id, inbox.entry(tenant, job_id) if to_inbox else "",
+              job_id, job_id if append_to else "",
               rate_limit, rates.RATE_WINDOW_TTL_S,
-              *(("", "") if to_inbox else
-                (eta.pending_entry(tenant, job_id), eta.pending_value(created_at, len(events)))),
+              *((eta.pending_entry(tenant, job_id), eta.pending_value(created_at, len(events)))
+                if pending else ("", "")),
               *(x for pair in fields.items() for x in pair)]))
     if inbox_length == -1:
         raise rates.OverRateLimit(tenant)

@@ -26,7 +26,6 @@ from werkzeug.test import Client
 
 from api import create_app
 from core import keys
-from tasks import inbox
 from tasks.store import baselines, job_data, jobs
 
 TENANT = "alpha"
@@ -77,7 +76,7 @@ def test_storing_again_under_the_same_job_id_stores_nothing(stack):
     r = stack.redis.client()
     settings = dataclasses.replace(stack.settings, rate_limit=100)
     job_id, event_type = jobs.new_job_id(), f"t-{uuid.uuid4().hex[:8]}"
-    inbox_before = r.lrange(keys.events_inbox(), 0, -1)
+    inbox_before = r.lrange(keys.tenant_inbox(TENANT), 0, -1)
     recent_before = jobs.recent_job_ids(r, TENANT, 49)
     started = int(time.time())
     first = jobs.create_inbox_job(r, settings, TENANT, event(event_type), 100, job_id=job_id)
@@ -85,13 +84,12 @@ def test_storing_again_under_the_same_job_id_stores_nothing(stack):
                                    job_id=job_id)
     assert first[0] == again[0] == job_id
     assert again[1] is True  # the first may have woken nobody: the retry wakes the worker
-    assert r.lrange(keys.events_inbox(), 0, -1) == inbox_before + [
-        inbox.entry(TENANT, job_id).encode()]
+    assert r.lrange(keys.tenant_inbox(TENANT), 0, -1) == inbox_before + [job_id.encode()]
     assert jobs.recent_job_ids(r, TENANT, 50) == [job_id, *recent_before]
     assert job_data.get_events(r, TENANT, job_id) == [event(event_type)]  # the first one's
     windows = [keys.rate_window(TENANT, second) for second in range(started, int(time.time()) + 1)]
     assert sum(int(count or 0) for count in r.mget(windows)) == 1  # one request counted
-    r.delete(keys.events_inbox())  # not for the events worker of the next tests
+    r.delete(keys.tenant_inbox(TENANT))  # not for the events worker of the next tests
 
 
 def test_a_single_event_whose_store_reply_was_lost_is_stored_and_judged_once(stack, proxy):
@@ -99,14 +97,14 @@ def test_a_single_event_whose_store_reply_was_lost_is_stored_and_judged_once(sta
     client = api(stack, proxy)
     r = stack.redis.client()
     before = recent(stack)
-    assert stack.running("events") is None and r.llen(keys.events_inbox()) == 0
+    assert stack.running("events") is None and r.llen(keys.tenant_inbox(TENANT)) == 0
     proxy.arm(stores_a_job)
     response = client.post("/v1/events/validate", json=event(event_type), headers=AUTH)
     assert len(proxy.lost) == 1, "the fast path's store call was not the one that lost its reply"
     assert response.status_code == 202, response.get_data(as_text=True)
     job_id = response.get_json()["job_id"]
     assert new_jobs(stack, before) == [job_id]
-    assert r.lrange(keys.events_inbox(), 0, -1) == [inbox.entry(TENANT, job_id).encode()]
+    assert r.lrange(keys.tenant_inbox(TENANT), 0, -1) == [job_id.encode()]
 
     stack.ensure_workers("events")  # judges the inbox, woken by the retry's wake message
     job = wait_finished(stack.client(), job_id, 30, stack)

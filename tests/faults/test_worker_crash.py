@@ -198,6 +198,9 @@ def test_single_events_survive_sigkill_of_the_events_worker_and_count_once(
     import redis
 
     from core import keys
+
+    TENANT = "alpha"  # noqa: N806 - the stack's client's tenant
+    claims = keys.tenant_inbox_claimed(TENANT)
     from tasks import create_celery
 
     stack = fault_stack
@@ -225,11 +228,10 @@ def test_single_events_survive_sigkill_of_the_events_worker_and_count_once(
                              "events")
         stack.workers.append(worker)
         worker.spawn()  # not waiting until it answers: it drains the inbox as soon as it starts
-        wait_until(lambda: r.zcard(keys.events_claimed()) > 0, 60, "a claimed micro-batch",
-                   0.001)
+        wait_until(lambda: r.zcard(claims) > 0, 60, "a claimed micro-batch", 0.001)
         worker.kill()
-        lost = r.zcard(keys.events_claimed())
-        if lost or not r.llen(keys.events_inbox()):
+        lost = r.zcard(claims)
+        if lost or not r.llen(keys.tenant_inbox(TENANT)):
             break
     assert lost > 0, "every kill landed between two batches; nothing was left to reclaim"
 
@@ -247,4 +249,4 @@ def test_single_events_survive_sigkill_of_the_events_worker_and_count_once(
     valid = sum(j["results"][0]["valid"] for j in jobs)
     assert valid == len(job_ids) - len(job_ids) // 50  # the 160s are out of range
     assert baseline_count(client, "single") == before + valid  # each counted once
-    assert r.zcard(keys.events_claimed()) == 0 and r.llen(keys.events_inbox()) == 0
+    assert r.zcard(claims) == 0 and r.llen(keys.tenant_inbox(TENANT)) == 0

@@ -118,6 +118,7 @@ def test_in_a_micro_batch_a_type_that_cannot_be_judged_fails_only_its_jobs(alpha
     events = [event(good, i) for i in range(5)] + [
         event(bad, 10), event(bad, 11, payload="not an object"), event(bad, 12)]
     job_ids = [jobs.create_inbox_job(r, settings, TENANT, e)[0] for e in events]
+    inbox.join_ring(r, TENANT)  # as the API does after the first append
     create_celery(settings).send_task(inbox.WAKE_TASK)  # once all wait: one claim takes them
     answers = [wait_for(alpha, f"/v1/jobs/{j}") for j in job_ids]
     assert [job["status"] for job in answers] == ["succeeded"] * 5 + ["failed"] * 3, \

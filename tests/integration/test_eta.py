@@ -61,13 +61,13 @@ def test_the_rate_is_measured_over_the_time_the_lane_was_busy(redis_server):
     for second, (n, ms) in buckets.items():
         r.hset(keys.judged(EVENTS), str(int(second)), n)
         r.hset(keys.judging_ms(EVENTS), str(int(second)), ms)
-    r.rpush(keys.events_inbox(), "alpha:x", "alpha:y")
+    r.rpush(keys.tenant_inbox("alpha"), "x", "y")
     try:
         found = eta.backlog(r, "alpha", "0" * 32, now=now)
     finally:
         r.delete(keys.judged(EVENTS), keys.judging_ms(EVENTS))
-        r.lrem(keys.events_inbox(), 0, "alpha:x")
-        r.lrem(keys.events_inbox(), 0, "alpha:y")
+        r.lrem(keys.tenant_inbox("alpha"), 0, "x")
+        r.lrem(keys.tenant_inbox("alpha"), 0, "y")
     assert found == eta.Backlog(EVENTS, ahead=2, judged=2010, busy_s=0.03 + 0.005 + 1 + 2.5)
 
 

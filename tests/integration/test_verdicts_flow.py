@@ -276,7 +276,8 @@ def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_l
     # Stored and appended as the API does, but without waking the worker: a worker that
     # died claimed them (its claim lapsed a second ago) before judging any.
     job_ids = [jobs.create_inbox_job(r, settings, "alpha", event)[0] for event in events]
-    claimed = inbox.claim(r, 1000, time.time() - 1)
+    inbox.join_ring(r, "alpha")
+    claimed = inbox.claim(r, 1000, time.time() - 1, {})
     assert {j for _, j in claimed} >= set(job_ids)
     assert all(alpha.get(f"/v1/jobs/{j}").json()["status"] == "queued" for j in job_ids)
 
@@ -288,7 +289,7 @@ def test_single_events_claimed_by_a_worker_that_died_are_judged_once_the_claim_l
     baseline = alpha.get(f"/v1/event-types/{event_type}/baseline").json()
     assert {f["field"]: f["count"] for f in baseline["fields"]} == {"amount": 405,
                                                                      "cart.items": 405}
-    assert r.zcard(keys.events_claimed()) == 0
+    assert r.zcard(keys.tenant_inbox_claimed("alpha")) == 0
 
 
 def test_verdicts_of_many_single_events_are_read_in_one_request(alpha, beta, event_type):

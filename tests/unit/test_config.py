@@ -207,3 +207,30 @@ def test_wait_for_replicas_is_off_by_default():
     s = Settings.from_env({})
     assert (s.redis_wait_replicas, s.redis_wait_timeout_ms) == (0, 500)
     assert Settings.from_env({"VIGIL_REDIS_WAIT_REPLICAS": "1"}).redis_wait_replicas == 1
+
+
+def test_tenant_weights_default_to_one_and_are_read_per_tenant():
+    keys = {"VIGIL_API_KEYS": "acme:k1,small:k2,other:k3"}
+    assert Settings.from_env(keys).weight("acme") == 1.0
+    s = Settings.from_env({**keys, "VIGIL_TENANT_WEIGHTS": " acme:3 , small:0.5 ,"})
+    assert dict(s.tenant_weights) == {"acme": 3.0, "small": 0.5}
+    assert (s.weight("acme"), s.weight("small"), s.weight("other")) == (3.0, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("raw, says", [
+    ("acme", "entry #1 ('acme') is not 'tenant:weight'"),
+    ("acme:3,small", "entry #2 ('small') is not 'tenant:weight'"),
+    ("acme:", "is not 'tenant:weight'"),
+    ("acme:0", "weight of 'acme' is '0': it must be a number above 0 and at most 1000"),
+    ("acme:-2", "weight of 'acme' is '-2'"),
+    ("acme:lots", "weight of 'acme' is 'lots'"),
+    ("acme:nan", "weight of 'acme' is 'nan'"),
+    ("acme:1001", "weight of 'acme' is '1001'"),
+    ("acme:2,acme:3", "gives tenant 'acme' a weight twice"),
+    ("ac me:2", "tenant 'ac me' must match"),
+    ("acmee:2", "names 'acmee', which has no API key in VIGIL_API_KEYS"),
+])
+def test_bad_tenant_weights_are_refused_with_what_is_wrong(raw, says):
+    with pytest.raises(ConfigError, match="^VIGIL_TENANT_WEIGHTS") as refused:
+        Settings.from_env({"VIGIL_API_KEYS": "acme:k1,small:k2", "VIGIL_TENANT_WEIGHTS": raw})
+    assert says in str(refused.value)

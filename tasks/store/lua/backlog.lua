@@ -24,9 +24,8 @@ local function judged(key, ms_key)
 end
 local mine = redis.call('HGET', KEYS[1], ARGV[1])
 if not mine then
-  local ahead = redis.call('LLEN', KEYS[6]) + redis.call('ZCARD', KEYS[7])
   local sum, busy = judged(KEYS[4], KEYS[5])
-  return {0, ahead, sum, busy}
+  return {0, 0, sum, busy}
 end
 local created = tonumber(string.match(mine, '^(%S+)'))
 local ahead = 0

@@ -1,0 +1,4 @@
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZINCRBY', KEYS[1], ARGV[2], ARGV[1])
+end
+return 1
