@@ -179,16 +179,17 @@ def reclaim_lapsed(r: redis.Redis, tenants: Iterable[str], now: float) -> int:
     """For each of ``tenants`` and every tenant in the ring: put entries whose claim lapsed by
     ``now`` back at the head of its inbox, and the tenant back in the ring if its inbox holds
     anything (whatever left it out). Returns how many entries were put back."""
-    everyone = set(tenants) | {t.decode() for t in r.smembers(keys.events_ring())}
+    everyone = sorted(set(tenants) | {t.decode() for t in r.smembers(keys.events_ring())})
     script = r.register_script(_RECLAIM)
-    moved = 0
-    for tenant in sorted(everyone):
-        back, length = script(keys=[keys.tenant_inbox(tenant), keys.tenant_inbox_claimed(tenant)],
-                              args=[repr(now)])
-        moved += int(back)
-        if length:
-            r.sadd(keys.events_ring(), tenant)
-    return moved
+    pipe = r.pipeline(transaction=False)  # one round trip for every tenant's script call
+    for tenant in everyone:
+        script(keys=[keys.tenant_inbox(tenant), keys.tenant_inbox_claimed(tenant)],
+               args=[repr(now)], client=pipe)
+    found = pipe.execute() if everyone else []
+    waiting = [tenant for tenant, (_, length) in zip(everyone, found) if length]
+    if waiting:
+        r.sadd(keys.events_ring(), *waiting)
+    return sum(int(back) for back, _ in found)
 
 
 def migrate_legacy(r: redis.Redis) -> int:

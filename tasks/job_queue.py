@@ -158,12 +158,14 @@ def reclaim_lapsed(r: redis.Redis, tenants: set[str] | frozenset[str],
     go back to the head of its queue (their task links dropped), and the tenant back in the
     ring if its queue holds anything. Returns the (tenant, job id) put back: each needs a new
     message (its first was lost, or its worker is gone)."""
-    everyone = set(tenants) | {t.decode() for t in r.zrange(keys.jobs_ring(), 0, -1)}
+    everyone = sorted(set(tenants) | {t.decode() for t in r.zrange(keys.jobs_ring(), 0, -1)})
     script = r.register_script(_RECLAIM)
+    pipe = r.pipeline(transaction=False)  # one round trip for every tenant's script call
+    for tenant in everyone:
+        script(keys=[keys.job_queue(tenant), keys.job_queue_claimed(tenant)], args=[repr(now)],
+               client=pipe)
     back: list[tuple[str, str]] = []
-    for tenant in sorted(everyone):
-        *lapsed, length = script(keys=[keys.job_queue(tenant), keys.job_queue_claimed(tenant)],
-                                 args=[repr(now)])
+    for tenant, (*lapsed, length) in zip(everyone, pipe.execute() if everyone else []):
         back += [(tenant, job_id.decode()) for job_id in lapsed]
         if length:
             join(r, tenant)
