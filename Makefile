@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: help install run test test-cluster lint eval bench bench-fairness bench-servers bench-capacity fuzz soak clean distclean
+.PHONY: help install run test test-cluster lint eval bench bench-fairness bench-servers bench-capacity bench-wait fuzz soak clean distclean
 
 help:
 	@echo "Targets:"
@@ -16,6 +16,7 @@ help:
 	@echo "  bench-fairness  make bench's fair-tenants phase alone: one tenant's backlog next to another's trickle (~3 min)"
 	@echo "  bench-servers  the API under uWSGI, gunicorn (sync, gthread) and granian, same phases (~10 min)"
 	@echo "  bench-capacity CPU per event by group, events/s per core, hosts per rate; 1 vs 2 workers (~2 min)"
+	@echo "  bench-wait submit latency with and without VIGIL_REDIS_WAIT_REPLICAS=1 (primary + replica, ~30 s)"
 	@echo "  fuzz       schemathesis: >=1,000 requests generated from /openapi.json; fails on any 5xx"
 	@echo "  soak       10 minutes of steady load: worker memory flat, no job left unfinished"
 	@echo "  eval       replay four NAB families with the defaults: windows, false alarms, NAB score, vs 3-sigma"
@@ -76,6 +77,9 @@ bench-servers: install
 
 bench-capacity: install
 	$(VENV)/bin/python -m benchmarks.capacity
+
+bench-wait: install
+	$(VENV)/bin/python -m benchmarks.wait_replicas
 
 fuzz: install
 	$(VENV)/bin/python -m pytest tests/fuzz -q -p no:logging

@@ -12,7 +12,7 @@ from api import observability
 from api.errors import ProblemApi, register_outage_handlers
 from api.parsing import VigilParser
 from api.services import Services
-from core.config import Settings
+from core.config import API_REDIS_TIMEOUT_S, Settings
 from core.connections import broker_redis, store_client
 from core.logs import configure_logging
 from tasks import create_celery
@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     app.extensions["vigil"] = Services(
         settings=settings,
-        redis=store_client(settings, socket_timeout=5, socket_connect_timeout=2,
+        redis=store_client(settings, socket_timeout=API_REDIS_TIMEOUT_S, socket_connect_timeout=2,
                            health_check_interval=30),
         celery=create_celery(settings),
         broker=broker_redis(settings, socket_timeout=5, socket_connect_timeout=2),

@@ -10,6 +10,8 @@ import redis
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, ServiceUnavailable
 
+from api.replication import NotReplicated
+
 log = logging.getLogger(__name__)
 
 DETAILS = {
@@ -51,6 +53,26 @@ UNAVAILABLE_WRITE = (" This request may or may not have taken effect: a submissi
                      "gets the job the first request stored, if it did, instead of a second one.")
 
 
+# A job not yet on enough replicas (api/replication.py) is asked for again this soon: a
+# replica that lags catches up within moments; one that is down keeps refusing.
+NOT_REPLICATED_RETRY_S = 1
+
+
+def not_replicated(exc: NotReplicated) -> tuple[dict, dict[str, str]]:
+    """The problem document (with the job's id) and headers of the 503 answered when a stored
+    job did not reach VIGIL_REDIS_WAIT_REPLICAS replicas in time; the Flask app's and the
+    fast path's (api/fast_submit.py)."""
+    detail = (f"Job {exc.job_id} is stored on the primary and queued, and will be judged unless "
+              f"the primary fails before its replicas have it: {exc.acknowledged} of the "
+              f"{exc.wanted} replicas required (VIGIL_REDIS_WAIT_REPLICAS) acknowledged it within "
+              f"{exc.timeout_ms} ms. Retry after Retry-After seconds with the same "
+              "Idempotency-Key: the retry answers 202 with this job once replicas have it, and "
+              "stores no second one (without the key, a retry stores another job).")
+    return ({"type": "about:blank", "title": "Service Unavailable", "status": 503,
+             "detail": detail, "job_id": exc.job_id},
+            {"Retry-After": str(NOT_REPLICATED_RETRY_S)})
+
+
 def register_outage_handlers(app: flask.Flask, api: ProblemApi) -> None:
     """Redis or the broker unreachable: 503 with Retry-After, not a 500."""
 
@@ -62,5 +84,16 @@ def register_outage_handlers(app: flask.Flask, api: ProblemApi) -> None:
                       "headers": {"Retry-After": "5"}}
         return api.handle_http_exception(error)
 
+    def unreplicated(exc: NotReplicated):
+        log.warning("job not replicated in time", extra={"job_id": exc.job_id,
+                                                         "replicas": exc.acknowledged})
+        problem, headers = not_replicated(exc)
+        response = flask.jsonify(problem)
+        response.status_code = 503
+        response.headers.update(headers)
+        response.mimetype = "application/problem+json"
+        return response
+
     app.register_error_handler(redis.RedisError, unavailable)
+    app.register_error_handler(NotReplicated, unreplicated)
     app.register_error_handler(kombu.exceptions.OperationalError, unavailable)

@@ -25,7 +25,9 @@ import redis
 
 from api import observability
 from api.auth import tenant_for
+from api.errors import not_replicated
 from api.jobs import JOB_ID_ENVIRON, admit_single_event, job_eta
+from api.replication import NotReplicated
 from api.schemas import EVENT_SCHEMA
 from api.services import Services
 from tasks import eta
@@ -54,7 +56,17 @@ class FastSubmit:
         body = self._body(environ)
         if body is None:
             return self.app(environ, start_response)
-        accepted = self._accept(environ, body)
+        try:
+            accepted = self._accept(environ, body)
+        except NotReplicated as exc:  # stored, not yet on enough replicas: said as Flask says it
+            problem, headers = not_replicated(exc)
+            answer, unreplicated = orjson.dumps(problem), exc.job_id
+            start_response("503 SERVICE UNAVAILABLE", [
+                ("Content-Type", "application/problem+json"),
+                ("Content-Length", str(len(answer))), *headers.items()])
+            observability.record("POST", ROUTE, PATH, 503, time.perf_counter() - started,
+                                 tenant=exc.tenant, job_id=lambda: unreplicated)
+            return [answer]
         if accepted is None:
             environ["wsgi.input"] = io.BytesIO(body)  # read once here; Flask reads it again
             return self.app(environ, start_response)

@@ -83,10 +83,10 @@ class Metrics(MethodView):
         read from Redis at each scrape.
         """
         svc = services()
-        # Celery queues are read from Redis lists: only meaningful when Redis is the broker.
-        # The single-event inbox is in the job store, whatever the broker.
-        broker_is_redis = svc.celery.conf.broker_url.startswith(("redis://", "rediss://", "unix://"))
-        queues = celery_queues(svc.celery.conf) if broker_is_redis else []
+        # Celery queues are read from Redis lists through the store's client: only when the
+        # broker is the store's own Redis (plain or through its sentinels). The single-event
+        # inboxes are in the job store, whatever the broker.
+        queues = celery_queues(svc.celery.conf) if svc.settings.broker_in_store else []
         inboxes = tenant_inboxes(svc.redis)
         body = exposition(QueueDepthCollector(svc.redis, queues, inboxes=inboxes,
                                               broker=svc.broker),

@@ -17,7 +17,7 @@ import redis
 from flask.views import MethodView
 from flask_smorest import Blueprint, abort
 
-from api import idempotency
+from api import idempotency, replication
 from api.auth import require_tenant
 from api.callbacks import refuse_unusable_url
 from api.parsing import too_many_events
@@ -86,6 +86,8 @@ def accept(kind: str, events: list[dict], *, event_type: str | None = None,
         queue_fairly(svc, tenant, job_id, lambda: jobs.create_queued_job(
             svc.redis, svc.settings, tenant, kind=kind, events=events, event_type=event_type,
             callback_url=callback_url, job_id=job_id, params=params))
+    if not single:  # admit_single_event confirms its own (the fast path calls it too)
+        replication.confirm(svc, tenant, job_id)  # VIGIL_REDIS_WAIT_REPLICAS
     flask.g.job_id = job_id  # for the request's log line
     status_url = flask.url_for("jobs.Job", job_id=job_id)
     lane = eta.EVENTS if single and svc.settings.micro_batch else eta.JOBS
@@ -170,6 +172,8 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
     which has no before_request hook); over the limit, rates.OverRateLimit, nothing stored.
     job_id: the id to store it under (jobs.new_job_id()); called again with the same id
     after a failure, it finds the job stored by the first call, if any, and stores no other.
+    With VIGIL_REDIS_WAIT_REPLICAS, returns only once replicas have the job, else raises
+    replication.NotReplicated (the job stays stored and queued).
     """
     rate_limit = svc.settings.rate_limit if check_rate_limit else 0
     if not svc.settings.micro_batch:
@@ -177,6 +181,7 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
                                   events=[event], rate_limit=rate_limit, job_id=job_id,
                                   single=True)
         svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
+        replication.confirm(svc, tenant, job_id)
         return job_id
     job_id, first = jobs.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
                                            job_id=job_id)
@@ -190,6 +195,7 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
             # worker once the broker answers, so the job is accepted, not refused.
             log.warning("wake message for the events inbox not sent; the sweep will send it",
                         exc_info=True)
+    replication.confirm(svc, tenant, job_id)
     return job_id
 
 

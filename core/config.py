@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import quote
 
 DEV_API_KEY = "vigil-dev-key"
 DEV_TENANT = "dev"
@@ -37,6 +38,13 @@ Z_SHARE = 0.3
 TYPE_SETTINGS = ("z_threshold", "baseline_mode", "alert_rate", "derived_features",
                  "min_history", "check_fields", "ignore_fields")
 TENANT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+# The API's socket timeout on the store: a request fails as an outage (503) past it.
+API_REDIS_TIMEOUT_S = 5
+# A WAIT for replicas (VIGIL_REDIS_WAIT_TIMEOUT_MS) must end well before that timeout.
+REDIS_WAIT_TIMEOUT_MAX_MS = 4000
+# Each question to a sentinel (where is the primary?) gives up after this long, so one
+# unreachable sentinel only delays asking the next.
+SENTINEL_TIMEOUT_S = 1.0
 
 
 class ConfigError(ValueError):
@@ -141,6 +149,23 @@ def _seconds(raw: str) -> tuple[float, ...]:
 _seconds.__name__ = "comma-separated list of seconds"
 
 
+def _sentinels(raw: str) -> tuple[tuple[str, int], ...]:
+    """"h1:26379, h2:26380" -> (("h1", 26379), ("h2", 26380)); IPv6 as "[::1]:26379"."""
+    found = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(item)
+        found.append((host, int(port)))
+    if not found:
+        raise ValueError(raw)
+    return tuple(found)
+
+
+_sentinels.__name__ = "list of sentinels (host:port,host:port)"
+
+
 def key_digest(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -152,8 +177,20 @@ class Settings:
     store_url: str | None = None
     # The store is a Redis Cluster (core/connections.py); its keys carry hash tags (core/keys.py).
     store_cluster: bool = False
-    # Celery's broker: Redis (the default, REDIS_URL) or RabbitMQ (amqp://...).
+    # Celery's broker: Redis (the default: REDIS_URL's Redis, plain or through its sentinels)
+    # or RabbitMQ (amqp://...).
     broker_url: str | None = None
+    # Redis Sentinel (VIGIL_REDIS_SENTINELS): the store, and the broker unless VIGIL_BROKER_URL
+    # names another, is the primary these sentinels name for redis_sentinel_master, found
+    # again after a failover; redis_url then gives only the database, user and password.
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_sentinel_master: str | None = None
+    # The sentinels' own password (their requirepass), if they have one.
+    redis_sentinel_password: str | None = None
+    # Before answering 202 to a submission, the API waits (Redis WAIT) until this many
+    # replicas have the job, at most redis_wait_timeout_ms (api/replication.py); 0: off.
+    redis_wait_replicas: int = 0
+    redis_wait_timeout_ms: int = 500
     # RabbitMQ only: "quorum" declares Vigil's queues as quorum queues (replicated, the
     # production choice), "classic" as classic ones.
     broker_queue_type: str = "classic"
@@ -328,6 +365,14 @@ class Settings:
             store_cluster=get("VIGIL_STORE_CLUSTER", defaults.store_cluster, _flag),
             broker_url=get("VIGIL_BROKER_URL", defaults.broker_url),
             broker_queue_type=get("VIGIL_BROKER_QUEUE_TYPE", defaults.broker_queue_type),
+            redis_sentinels=get("VIGIL_REDIS_SENTINELS", defaults.redis_sentinels, _sentinels),
+            redis_sentinel_master=get("VIGIL_REDIS_SENTINEL_MASTER",
+                                      defaults.redis_sentinel_master),
+            redis_sentinel_password=get("VIGIL_REDIS_SENTINEL_PASSWORD",
+                                        defaults.redis_sentinel_password),
+            redis_wait_replicas=get("VIGIL_REDIS_WAIT_REPLICAS", defaults.redis_wait_replicas, int),
+            redis_wait_timeout_ms=get("VIGIL_REDIS_WAIT_TIMEOUT_MS", defaults.redis_wait_timeout_ms,
+                                      int),
             env=mode,
             api_keys=api_keys,
             webhook_secret=secret,
@@ -378,6 +423,11 @@ class Settings:
                     "VIGIL_ENV=production refuses the development webhook secret: "
                     "set VIGIL_WEBHOOK_SECRET"
                 )
+        if self.store_cluster and self.redis_wait_replicas:
+            # WAIT counts one node's replicas from the last write of its connection; redis-py's
+            # cluster client sends it to every node and adds the answers up.
+            raise ConfigError("VIGIL_REDIS_WAIT_REPLICAS is not supported with "
+                              "VIGIL_STORE_CLUSTER=true (yet): set it to 0")
         if self.store_cluster and (self.broker_url or self.redis_url) == self.store_redis_url:
             # kombu has no Redis Cluster transport: Celery's messages need a plain (or
             # Sentinel) Redis, or RabbitMQ, beside the cluster.
@@ -391,6 +441,7 @@ class Settings:
                 ("amqp://", "amqps://", "pyamqp://")):
             raise ConfigError("VIGIL_BROKER_QUEUE_TYPE=quorum needs RabbitMQ as the broker "
                               "(VIGIL_BROKER_URL=amqp://...)")
+        self._check_redis()
         if not 0 < self.alert_rate < 0.5:
             raise ConfigError("VIGIL_ALERT_RATE must be in (0, 0.5): the share of ordinary "
                               "events that may be flagged, e.g. 0.001 for 1 in 1,000")
@@ -436,6 +487,60 @@ class Settings:
         except ValueError as exc:
             raise ConfigError(f"VIGIL_ALLOW_PRIVATE_CALLBACKS: {exc}") from None
 
+    def _check_redis(self) -> None:
+        if self.redis_sentinels and not self.redis_sentinel_master:
+            raise ConfigError("VIGIL_REDIS_SENTINELS needs VIGIL_REDIS_SENTINEL_MASTER: the name "
+                              "the sentinels monitor the primary by (their 'sentinel monitor')")
+        if (self.broker_url or "").startswith("sentinel://") and not self.redis_sentinel_master:
+            raise ConfigError("VIGIL_BROKER_URL=sentinel://... needs VIGIL_REDIS_SENTINEL_MASTER "
+                              "(the name the sentinels monitor the broker's primary by)")
+        if self.redis_sentinel_master is not None and not re.fullmatch(
+                r"[A-Za-z0-9_.-]{1,64}", self.redis_sentinel_master):
+            raise ConfigError("VIGIL_REDIS_SENTINEL_MASTER must be a name of 1-64 characters "
+                              "A-Z a-z 0-9 _ . -")
+        if self.redis_sentinel_master and not (self.redis_sentinels or (
+                self.broker_url or "").startswith("sentinel://")):
+            raise ConfigError("VIGIL_REDIS_SENTINEL_MASTER is set but nothing uses Sentinel: set "
+                              "VIGIL_REDIS_SENTINELS=host:port,host:port,...")
+        if self.redis_sentinel_password and not self.redis_sentinel_master:
+            raise ConfigError("VIGIL_REDIS_SENTINEL_PASSWORD is set but no sentinels are: set "
+                              "VIGIL_REDIS_SENTINELS and VIGIL_REDIS_SENTINEL_MASTER")
+        if self.redis_wait_replicas < 0:
+            raise ConfigError("VIGIL_REDIS_WAIT_REPLICAS must be 0 (off) or the number of "
+                              "replicas that must have a job before the API answers 202")
+        # WAIT 0 would wait forever; and the wait must end before the API's own socket timeout
+        # on the store (API_REDIS_TIMEOUT_S), or the request would fail as an outage instead.
+        if not 0 < self.redis_wait_timeout_ms <= REDIS_WAIT_TIMEOUT_MAX_MS:
+            raise ConfigError(f"VIGIL_REDIS_WAIT_TIMEOUT_MS must be between 1 and "
+                              f"{REDIS_WAIT_TIMEOUT_MAX_MS} (milliseconds)")
+
+    @property
+    def broker_in_store(self) -> bool:
+        """Whether Celery's broker is the store's own Redis (its queues are readable there)."""
+        return self.broker_url is None or self.broker_url == self.redis_url
+
+    def sentinel_broker_url(self) -> str:
+        """kombu's Sentinel transport URL for the store's sentinels: one sentinel://
+        per sentinel, joined by ';', each with REDIS_URL's password and database (kombu
+        reads them from the first and gives them to the primary it finds)."""
+        from redis.connection import parse_url
+
+        params = parse_url(self.redis_url)
+        auth = ""
+        if params.get("password"):
+            auth = f"{quote(params.get('username') or '', safe='')}:" \
+                   f"{quote(params['password'], safe='')}@"
+        return ";".join(f"sentinel://{auth}{f'[{h}]' if ':' in h else h}:{p}/{params.get('db', 0)}"
+                        for h, p in self.redis_sentinels)
+
+    def sentinel_kwargs(self) -> dict[str, Any]:
+        """redis-py's connection arguments for the sentinels themselves (not the primary)."""
+        found: dict[str, Any] = {"socket_timeout": SENTINEL_TIMEOUT_S,
+                                 "socket_connect_timeout": SENTINEL_TIMEOUT_S}
+        if self.redis_sentinel_password:
+            found["password"] = self.redis_sentinel_password
+        return found
+
     def celery(self) -> dict:
         """Celery's configuration keys for these settings."""
         conf = self._celery()
@@ -450,11 +555,18 @@ class Settings:
                         task_create_missing_queue_exchange_type="topic")
             conf["broker_transport_options"] = {**conf["broker_transport_options"],
                                                 "confirm_publish": True}
+        if conf["broker_url"].startswith("sentinel://"):
+            # kombu's Sentinel transport asks these sentinels for this primary, again after
+            # a failover (Flower's broker view reads the same options).
+            conf["broker_transport_options"] = {
+                **conf["broker_transport_options"], "master_name": self.redis_sentinel_master,
+                "sentinel_kwargs": self.sentinel_kwargs()}
         return conf
 
     def _celery(self) -> dict:
         return {
-            "broker_url": self.broker_url or self.redis_url,
+            "broker_url": self.broker_url or (self.sentinel_broker_url() if self.redis_sentinels
+                                              else self.redis_url),
             # Vigil's job store holds results; Celery's result backend would only duplicate them.
             "result_backend": None,
             "task_ignore_result": True,

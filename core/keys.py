@@ -187,6 +187,12 @@ def known_types() -> str:
     return f"{PREFIX}:known-types"
 
 
+def replication_fence(tenant: str) -> str:
+    """String: written just before the API's WAIT for replicas (api/replication.py), so the
+    WAIT counts from a write made after everything the submission stored or sent."""
+    return f"{_tenant(tenant)}:replication-fence"
+
+
 def events_inbox() -> str:
     """List: '<tenant>:<job id>' of single-event jobs, one inbox for every tenant, as written
     before inboxes were per tenant (tenant_inbox); the sweep moves what it finds there into

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -47,9 +48,11 @@ def free_port() -> int:
 AOF_REWRITE_MIN_SIZE = "1gb"
 
 
-def server_command(port: int, data_dir: Path, *, appendonly: bool = True) -> list[str]:
+def server_command(port: int, data_dir: Path, *, appendonly: bool = True,
+                   extra: Sequence[str] = ()) -> list[str]:
     """redis-server on 127.0.0.1:port with its files in data_dir, persisting as Vigil's own
-    Redis does: append-only file, fsync every second, no snapshots."""
+    Redis does: append-only file, fsync every second, no snapshots; ``extra`` arguments last
+    (``--replicaof 127.0.0.1 PORT`` for a replica, core/localreplicas.py)."""
     return [
         redis_server_binary(),
         "--bind", "127.0.0.1",
@@ -60,14 +63,15 @@ def server_command(port: int, data_dir: Path, *, appendonly: bool = True) -> lis
         "--appendfsync", "everysec",
         "--auto-aof-rewrite-min-size", AOF_REWRITE_MIN_SIZE,
         "--logfile", str(data_dir / "redis.log"),
+        *extra,
     ]
 
 
 def start_redis(port: int, data_dir: Path, *, appendonly: bool = True,
-                timeout_s: float = 10.0) -> subprocess.Popen:
+                timeout_s: float = 10.0, extra: Sequence[str] = ()) -> subprocess.Popen:
     """Start redis-server on 127.0.0.1:port keeping its files in data_dir; wait until it answers."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(server_command(port, data_dir, appendonly=appendonly),
+    proc = subprocess.Popen(server_command(port, data_dir, appendonly=appendonly, extra=extra),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -251,6 +251,12 @@ def choose_redis(url: str, sup: Supervisor) -> str:
     return started
 
 
+def sentinel_description(settings: Settings) -> str:
+    """The banner's Redis line under Sentinel: the primary's name and who is asked for it."""
+    asked = ",".join(f"{host}:{port}" for host, port in settings.redis_sentinels)
+    return f"primary {settings.redis_sentinel_master!r} named by the sentinels {asked}"
+
+
 def wait_ready(sup: Supervisor, port: int, workers: int, timeout_s: float = READY_TIMEOUT_S) -> bool:
     """Wait until the API's /readyz counts ``workers`` workers, so that the banner's curl
     gets a verdict at once. False if something stopped meanwhile (the main loop says what);
@@ -393,10 +399,14 @@ def main() -> int:
 
     exit_code = 0
     try:
-        try:
-            env["REDIS_URL"] = choose_redis(redis_url, sup)
-        except RuntimeError as exc:
-            die(str(exc))
+        if settings.redis_sentinels:
+            # The store is whatever primary the sentinels name: never a private one here.
+            redis_url = sentinel_description(settings)
+        else:
+            try:
+                redis_url = env["REDIS_URL"] = choose_redis(redis_url, sup)
+            except RuntimeError as exc:
+                die(str(exc))
         for name, cmd in commands:
             if sup.stopping:
                 break
@@ -411,7 +421,7 @@ def main() -> int:
             for child in sup.children:
                 child.release(show=False)
             say(banner(settings, port=port, flower_port=flower_port, flower_auth=flower_auth,
-                       redis_url=env["REDIS_URL"]))
+                       redis_url=redis_url))
         while not sup.stopping:
             exited = sup.first_exited()
             if exited is not None:

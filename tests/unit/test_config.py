@@ -182,6 +182,58 @@ def test_store_cluster_flag_must_be_a_boolean():
         Settings.from_env({"VIGIL_STORE_CLUSTER": "maybe"})
 
 
+SENTINELS = {"VIGIL_REDIS_SENTINELS": "10.0.0.1:26379, 10.0.0.2:26380,[::1]:26381",
+             "VIGIL_REDIS_SENTINEL_MASTER": "mymaster"}
+
+
+def test_sentinels_make_the_broker_kombus_sentinel_transport_with_the_urls_credentials():
+    s = Settings.from_env({**SENTINELS, "REDIS_URL": "redis://:p@ss@unused:1/3",
+                           "VIGIL_REDIS_SENTINEL_PASSWORD": "s3cret"})
+    assert s.redis_sentinels == (("10.0.0.1", 26379), ("10.0.0.2", 26380), ("::1", 26381))
+    conf = s.celery()
+    # One sentinel:// per sentinel, ';'-joined; REDIS_URL's password (quoted) and database.
+    assert conf["broker_url"] == ("sentinel://:p%40ss@10.0.0.1:26379/3;"
+                                  "sentinel://:p%40ss@10.0.0.2:26380/3;"
+                                  "sentinel://:p%40ss@[::1]:26381/3")
+    options = conf["broker_transport_options"]
+    assert options["master_name"] == "mymaster"
+    assert options["sentinel_kwargs"]["password"] == "s3cret"
+    assert options["visibility_timeout"] == 3600  # the usual options stay
+    assert s.broker_in_store
+
+
+def test_rabbitmq_stays_the_broker_with_sentinels_for_the_store():
+    s = Settings.from_env({**SENTINELS, "VIGIL_BROKER_URL": "amqp://u:p@h:5672//"})
+    assert s.celery()["broker_url"] == "amqp://u:p@h:5672//"
+    assert "master_name" not in s.celery()["broker_transport_options"]
+    assert not s.broker_in_store
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"VIGIL_REDIS_SENTINELS": "h:26379"}, "needs VIGIL_REDIS_SENTINEL_MASTER"),
+    ({"VIGIL_REDIS_SENTINEL_MASTER": "mymaster"}, "nothing uses Sentinel"),
+    ({"VIGIL_BROKER_URL": "sentinel://h:26379"}, "needs VIGIL_REDIS_SENTINEL_MASTER"),
+    ({"VIGIL_REDIS_SENTINEL_PASSWORD": "x"}, "no sentinels are"),
+    ({**SENTINELS, "VIGIL_REDIS_SENTINEL_MASTER": "my master"}, "1-64 characters"),
+    ({"VIGIL_REDIS_SENTINELS": "h", "VIGIL_REDIS_SENTINEL_MASTER": "m"},
+     "VIGIL_REDIS_SENTINELS='h' is not a valid list of sentinels"),
+    ({"VIGIL_REDIS_SENTINELS": "h:0", "VIGIL_REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+    ({"VIGIL_REDIS_SENTINELS": ":26379", "VIGIL_REDIS_SENTINEL_MASTER": "m"}, "host:port"),
+    ({"VIGIL_REDIS_WAIT_REPLICAS": "-1"}, "VIGIL_REDIS_WAIT_REPLICAS must be 0"),
+    ({"VIGIL_REDIS_WAIT_TIMEOUT_MS": "0"}, "between 1 and 4000"),
+    ({"VIGIL_REDIS_WAIT_TIMEOUT_MS": "5000"}, "between 1 and 4000"),
+])
+def test_sentinel_and_wait_settings_are_checked(env, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_wait_for_replicas_is_off_by_default():
+    s = Settings.from_env({})
+    assert (s.redis_wait_replicas, s.redis_wait_timeout_ms) == (0, 500)
+    assert Settings.from_env({"VIGIL_REDIS_WAIT_REPLICAS": "1"}).redis_wait_replicas == 1
+
+
 def test_tenant_weights_default_to_one_and_are_read_per_tenant():
     keys = {"VIGIL_API_KEYS": "acme:k1,small:k2,other:k3"}
     assert Settings.from_env(keys).weight("acme") == 1.0
@@ -207,3 +259,10 @@ def test_bad_tenant_weights_are_refused_with_what_is_wrong(raw, says):
     with pytest.raises(ConfigError, match="^VIGIL_TENANT_WEIGHTS") as refused:
         Settings.from_env({"VIGIL_API_KEYS": "acme:k1,small:k2", "VIGIL_TENANT_WEIGHTS": raw})
     assert says in str(refused.value)
+
+
+def test_waiting_for_replicas_is_refused_with_a_cluster_store():
+    with pytest.raises(ConfigError, match="VIGIL_REDIS_WAIT_REPLICAS is not supported"):
+        Settings.from_env({"REDIS_URL": "redis://broker:6379/0", "VIGIL_STORE_CLUSTER": "true",
+                           "VIGIL_STORE_URL": "redis://node-1:7000/0",
+                           "VIGIL_REDIS_WAIT_REPLICAS": "1"})
