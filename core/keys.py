@@ -260,6 +260,13 @@ def jobs_clock() -> str:
     return f"{PREFIX}:{{jobs-ring}}:clock"
 
 
+def jobs_handed_at() -> str:
+    """String: when (epoch seconds) a job was last handed out, or the sweep last sent messages
+    again for jobs that waited with none handed out (tasks.job_queue.stalled). Shares
+    jobs_ring's hash tag: the script that charges a tenant for a job sets it."""
+    return f"{PREFIX}:{{jobs-ring}}:handed-at"
+
+
 def job_claims() -> str:
     """Hash: Celery task id -> '<tenant>:<job id>' of the job that task claimed, so a message
     redelivered after its worker died runs the job its first delivery claimed."""

@@ -25,7 +25,9 @@ worker that dies mid-job has its message redelivered by Celery (acks_late,
 reject_on_worker_lost, the transport's visibility timeout) with the same task id: that delivery
 runs the job its first delivery claimed (and run_job counts the deliveries, failing a job whose
 worker died three times). A claim whose message was lost lapses, and the sweep puts the job
-back first in line with a new message.
+back first in line with a new message. A message lost before any worker took it (a Redis broker's
+failover) leaves a job waiting with no message: the sweep sends messages again once jobs wait
+and none was handed out for STALL_S (stalled).
 
 No tenant is stranded with jobs outside the ring: the API appends before it joins; a worker
 that takes a tenant's last job takes the tenant out of the ring and then looks at its queue
@@ -35,6 +37,8 @@ Cluster: one slot per script).
 """
 
 from __future__ import annotations
+
+import time
 
 import redis
 
@@ -54,6 +58,12 @@ TASK_OF_KIND = {"validate": "vigil.validate_job", "history": "vigil.import_histo
 EVENTLESS_COST = 1000
 # Tenants tried per claim before giving up (each one found empty leaves the ring).
 MAX_PICKS = 16
+# Jobs waiting and none handed out for this long (seconds): their messages may be lost (a Redis
+# broker that fails over can lose messages it had taken). The sweep then sends messages again,
+# at most RESEND_MAX per STALL_S: a message that finds no job is a no-op, so one too many
+# costs its delivery only, and a backlog behind long-running jobs gets a bounded surplus.
+STALL_S = 60.0
+RESEND_MAX = 100
 
 # Takes the head of one tenant's queue, claimed until ARGV[1]; answers {job id, entries left},
 # or {false, 0} for an empty queue.
@@ -65,7 +75,8 @@ _PICK = lua.text("job_queue_pick")
 # A tenant joins the ring at the clock (no-op if it is in it already).
 _JOIN = lua.text("job_queue_join")
 
-# A job handed out: ARGV[2] added to the tenant's score, if it is still in the ring.
+# A job handed out: ARGV[2] added to the tenant's score, if it is still in the ring; when
+# (ARGV[3]) noted in KEYS[3] (keys.jobs_handed_at, for stalled()).
 _CHARGE = lua.text("job_queue_charge")
 
 # A redelivered task's job: its claim's deadline moved to ARGV[2] if it is still claimed
@@ -128,8 +139,9 @@ def next_job(r: redis.Redis, settings: Settings, task_id: str,
         job_id = job_id.decode()
         r.hset(keys.job_claims(), task_id, _entry(tenant, job_id))
         total = r.hget(keys.job(tenant, job_id), "total")
-        lua.run(r, _CHARGE, _ring(),
-                [tenant, repr(cost(int(total or 0)) / settings.weight(tenant))])
+        lua.run(r, _CHARGE, [*_ring(), keys.jobs_handed_at()],
+                [tenant, repr(cost(int(total or 0)) / settings.weight(tenant)),
+                 repr(time.time())])
         if not left:
             leave(r, tenant)
         return tenant, job_id
@@ -173,6 +185,23 @@ def reclaim_lapsed(r: redis.Redis, tenants: set[str] | frozenset[str],
         if dropped:
             r.hdel(keys.job_claims(), *dropped)
     return back
+
+
+def stalled(r: redis.Redis, now: float) -> int:
+    """How many messages the sweep should send again: the jobs waiting (at most RESEND_MAX)
+    when none was handed out for STALL_S, else 0. Sending counts as a hand-out, so the next
+    resend is STALL_S later at the earliest; the first call that finds jobs waiting and no
+    hand-out on record starts the watch instead."""
+    tenants = [t.decode() for t in r.zrange(keys.jobs_ring(), 0, -1)]
+    if not tenants:
+        return 0
+    last = r.get(keys.jobs_handed_at())
+    if last is not None and now - float(last) < STALL_S:
+        return 0
+    r.set(keys.jobs_handed_at(), repr(now))
+    if last is None:
+        return 0
+    return min(RESEND_MAX, sum(waiting(r, tenant) for tenant in tenants))
 
 
 def waiting(r: redis.Redis, tenant: str) -> int:

@@ -66,10 +66,18 @@ def run_next_job(self, tenant: str | None = None, job_id: str | None = None) -> 
 @shared_task(name="vigil.sweep_jobs", ignore_result=True)
 def sweep_jobs() -> None:
     """Beat: jobs whose claim lapsed (their worker and its message are gone) go back first in
-    line, each with a new message; tenants with jobs waiting are put back in the ring."""
+    line, each with a new message; tenants with jobs waiting are put back in the ring; and
+    jobs that wait while none is handed out (their messages lost) get messages again."""
     r, cfg = redis_client(), settings()
-    back = job_queue.reclaim_lapsed(r, cfg.tenants, time.time())
+    now = time.time()
+    back = job_queue.reclaim_lapsed(r, cfg.tenants, now)
     if back:
         log.warning("jobs reclaimed from a worker that stopped", extra={"jobs": len(back)})
     for tenant, job_id in back:
         run_next_job.delay(tenant, job_id)
+    resend = job_queue.stalled(r, now)
+    if resend:
+        log.warning("jobs waiting and none handed out: messages sent again",
+                    extra={"messages": resend, "stalled_s": job_queue.STALL_S})
+    for _ in range(resend):
+        run_next_job.delay()

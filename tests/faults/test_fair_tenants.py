@@ -8,11 +8,14 @@ runs, then starts one, so the order the work is taken in is the scheduler's alon
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fault_helpers import FaultStack, accepted, wait_until
 
+from core import keys
+from tasks import create_celery, job_queue
 from tasks.store import jobs as job_store
 
 T0 = 1_790_000_000
@@ -91,3 +94,19 @@ def test_single_events_of_a_tenant_are_judged_before_another_tenants_backlog(sta
     # 105, queued before beta's, are judged after them.
     last_of_beta = max(j["finished_at"] for j in beta)
     assert sum(j["finished_at"] > last_of_beta for j in alpha) >= 105
+
+
+def test_a_job_whose_message_was_lost_is_run_after_the_sweep_finds_the_queue_stalled(stack):
+    """A Redis broker that fails over may lose a message it had taken: the job is stored and
+    queued with no message to run it. Beat's sweep sends one again once jobs wait and none
+    was handed out for STALL_S (here: that time is set as past)."""
+    stack.stop_workers()
+    [job_id] = submit_jobs(stack, "beta", 1, 5)
+    r = stack.redis.client()
+    assert r.delete("celery") == 1  # the default queue's messages in the broker: lost
+    stack.start_workers("worker", "events")
+    stale = time.time() - 2 * job_queue.STALL_S
+    r.set(keys.jobs_handed_at(), repr(stale))
+    create_celery(stack.settings).send_task("vigil.sweep_jobs")
+    [job] = finished(stack, "beta", [job_id])
+    assert job["status"] == "succeeded"

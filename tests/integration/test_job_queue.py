@@ -154,3 +154,21 @@ def test_concurrent_submits_and_workers_hand_out_every_job_once(r, settings):
     assert len(taken) == len(set(taken)) == 300
     assert set(taken) == set(queued)
     assert ring(r) == set() or all(job_queue.waiting(r, t) == 0 for t in ring(r))
+
+
+def test_jobs_waiting_with_none_handed_out_get_their_messages_sent_again(r, settings):
+    waiting = [queue_job(r, settings, "alpha", 10) for _ in range(3)]
+    now = time.time()
+    assert job_queue.stalled(r, now) == 0  # no hand-out on record: the watch starts
+    assert job_queue.stalled(r, now + job_queue.STALL_S / 2) == 0
+    assert job_queue.stalled(r, now + job_queue.STALL_S + 1) == len(waiting)
+    # Sending counts as a hand-out: no second resend within STALL_S.
+    assert job_queue.stalled(r, now + job_queue.STALL_S + 2) == 0
+    assert take(r, settings, 1) == [("alpha", waiting[0])]  # a hand-out resets the watch
+    assert job_queue.stalled(r, time.time() + job_queue.STALL_S / 2) == 0
+    assert job_queue.stalled(r, time.time() + job_queue.STALL_S + 1) == len(waiting) - 1
+
+
+def test_nothing_is_sent_again_while_no_job_waits(r, settings):
+    r.set(keys.jobs_handed_at(), repr(time.time() - 10 * job_queue.STALL_S))
+    assert job_queue.stalled(r, time.time()) == 0
