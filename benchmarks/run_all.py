@@ -68,7 +68,7 @@ NO_RATE_LIMIT = {"VIGIL_RATE_LIMIT": "0"}
 # Seconds per phase (multiplied by --time-scale).
 SECONDS = {"batch": 12, "ceiling": 4, "single": 10, "latency_low": 10, "latency": 8, "scale": 5,
            "warmup": 2, "floor": 5}
-GOALS = {"batch": 20_000, "ceiling_share": 0.5, "single": 1_500, "vs_a": 20, "p99_ms": 10,
+GOALS = {"batch": 20_000, "ceiling_share": 0.5, "single": 1_500, "p99_ms": 10,
          "vs_b": 10}
 # Columns of the CPU table: the roles of benchmarks.stack.role_of each one adds up.
 COLUMNS = {"client": ("client",), "api": ("api", "sync api"), "worker": ("worker",),
@@ -534,12 +534,13 @@ def report(results: dict, started: datetime, header: str, scale: float) -> str:
     vs_a = ratio(v_tp, a_tp)
     add(f"   {'Vigil events/s':56}{rate(v_tp):>12}   {'>= 1,500':>10}  "
         f"{met(v_tp >= GOALS['single'] if v_tp == v_tp else None)}")
-    add(f"   {'Vigil events/s / (a) events/s':56}{times(vs_a):>12}   {'>= 20x':>10}  "
-        f"{met(vs_a >= GOALS['vs_a'] if vs_a == vs_a else None)}")
+    # No goal: "20x (a)" was retired (reference (a) uses Vigil's own fast scorer); the ratio is
+    # reported as measured, against the 10-14x that stands.
+    add(f"   {'Vigil events/s / (a) events/s':56}{times(vs_a):>12}   {'(retired)':>10}")
     v_cpu, a_cpu = cpu_ms_per_event(get("single")), cpu_ms_per_event(get("a_single"))
     if v_cpu == v_cpu and a_cpu == a_cpu:
         add(f"   {'CPU per event, load generator included: Vigil':56}{v_cpu:>9.2f} ms   "
-            f"(a) {a_cpu:.2f} ms; 20x (a) needs Vigil <= {a_cpu / GOALS['vs_a']:.2f} ms")
+            f"(a) {a_cpu:.2f} ms")
     floor = get("floor_single")
     if floor:
         per = {column: cpu_ms_per_event(floor, COLUMNS[column]) for column in ("client", "api")}
