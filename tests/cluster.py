@@ -18,18 +18,25 @@ PRIMARIES = 3
 BUS_OFFSET = 10_000
 
 
-def node_port() -> int:
-    """A free port whose bus port (+10,000) is free too."""
-    while True:
+def node_ports(count: int) -> list[int]:
+    """``count`` free ports whose bus ports (+10,000) are free too, and none of them another's
+    bus port: the nodes bind them only later, so a port free now may be the bus port a node
+    chosen before it will take (seen: a node that could not start)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
         port = free_port()
         if port + BUS_OFFSET > 65535:
+            continue
+        taken = {*chosen, *(c + BUS_OFFSET for c in chosen)}
+        if port in taken or port + BUS_OFFSET in taken:
             continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port + BUS_OFFSET))
             except OSError:
                 continue
-        return port
+        chosen.append(port)
+    return chosen
 
 
 class ClusterServer:
@@ -38,7 +45,7 @@ class ClusterServer:
 
     def __init__(self, data_dir: Path, primaries: int = PRIMARIES):
         self.data_dir = data_dir
-        self.ports = [node_port() for _ in range(primaries)]
+        self.ports = node_ports(primaries)
         # A client learns every node and slot from any one of them (core/connections.py).
         self.url = f"redis://127.0.0.1:{self.ports[0]}/0"
         self.procs: list[subprocess.Popen] = []

@@ -23,7 +23,8 @@ def fault_stack_factory(tmp_path_factory) -> Iterator[Callable[..., FaultStack]]
         return stacks[-1]
 
     yield make
-    for stack in stacks:
+    # Last made, first closed: each stack restores the log levels it found when it started.
+    for stack in reversed(stacks):
         stack.close()
 
 

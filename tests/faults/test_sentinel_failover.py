@@ -100,7 +100,9 @@ def outcome(client, job_id: str) -> str:
 def stacks(tmp_path_factory) -> Iterator[list[SentinelStack]]:
     made: list[SentinelStack] = []
     yield made
-    for stack in made:
+    # Last started, first closed: each stack restores the log levels it found, and the second
+    # found those the first had set.
+    for stack in reversed(made):
         stack.close()
 
 
