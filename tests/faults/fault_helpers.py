@@ -179,6 +179,28 @@ class FaultWorker:
             return ""
 
 
+class InProcessApi:
+    """A fault stack's API, served from the test's process on a free port (threaded), its
+    chattiest loggers quieted until close(), which puts back the levels it found."""
+
+    def __init__(self, settings: Settings):
+        from api import create_app
+
+        app = create_app(settings)
+        self._levels = {name: logging.getLogger(name).level for name in QUIET_LOGGERS}
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+        self._server = make_server("127.0.0.1", free_port(), app, threaded=True)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 class FaultStack:
     """A private Redis, the API over HTTP (in a thread of this process) and Celery workers."""
 
@@ -204,21 +226,8 @@ class FaultStack:
         }
         self.settings = Settings.from_env(self.env)
         self.workers: list[FaultWorker] = []
-        self._log_levels: dict[str, int] = {}
-        self._server = None
-        self.api_url = self._start_api()
-
-    def _start_api(self) -> str:
-        from api import create_app
-
-        app = create_app(self.settings)
-        for name in QUIET_LOGGERS:
-            logger = logging.getLogger(name)
-            self._log_levels.setdefault(name, logger.level)
-            logger.setLevel(logging.WARNING)
-        self._server = make_server("127.0.0.1", free_port(), app, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_port}"
+        self.api = InProcessApi(self.settings)
+        self.api_url = self.api.url
 
     def start_workers(self, *roles: str, concurrency: int | None = None) -> list[FaultWorker]:
         """Start workers of these roles side by side (each takes seconds to import its
@@ -261,12 +270,8 @@ class FaultStack:
         for worker in self.workers:
             with contextlib.suppress(Exception):  # teardown goes on
                 worker.kill()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self.api.close()
         self.redis.stop(signal.SIGKILL)
-        for name, level in self._log_levels.items():
-            logging.getLogger(name).setLevel(level)
 
 
 # --- what tests do as clients --------------------------------------------------------------

@@ -11,19 +11,16 @@ directly would fail the test.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
 import redis
-from fault_helpers import QUIET_LOGGERS, ROOT, VISIBILITY_TIMEOUT_S, FaultWorker
+from fault_helpers import ROOT, VISIBILITY_TIMEOUT_S, FaultWorker, InProcessApi
 from helpers import KEYS, WEBHOOK_SECRET, client_for
-from werkzeug.serving import make_server
 
 from core.config import Settings
 from core.localredis import free_port, start_redis
@@ -58,9 +55,8 @@ class SentinelStack:
         self.settings = Settings.from_env(self.env)
         self.workers: list[FaultWorker] = []
         self.beat: subprocess.Popen | None = None
-        self._log_levels: dict[str, int] = {}
-        self._server = None
-        self.api_url = self._start_api()
+        self.api = InProcessApi(self.settings)
+        self.api_url = self.api.url
 
     def sentinels_agree(self) -> bool:
         """Every sentinel sees the primary up, the replica and the other sentinels."""
@@ -97,18 +93,6 @@ class SentinelStack:
             return int(info["connected_slaves"]) if info.get("role") == "master" else 0
         return 0
 
-    def _start_api(self) -> str:
-        from api import create_app
-
-        app = create_app(self.settings)
-        for name in QUIET_LOGGERS:
-            logger = logging.getLogger(name)
-            self._log_levels.setdefault(name, logger.level)
-            logger.setLevel(logging.WARNING)
-        self._server = make_server("127.0.0.1", free_port(), app, threaded=True)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_port}"
-
     def start_workers(self, *roles: str) -> None:
         started = [FaultWorker(self.env, self.settings, self.tmp / f"{role}.log", role).spawn()
                    for role in roles]
@@ -142,12 +126,8 @@ class SentinelStack:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.beat.pid, signal.SIGKILL)
             self.beat.wait(timeout=10)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        self.api.close()
         for proc in [*self.redis.values(), *self.sentinels]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-        for name, level in self._log_levels.items():
-            logging.getLogger(name).setLevel(level)
