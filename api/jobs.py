@@ -43,9 +43,6 @@ blp = Blueprint("jobs", __name__, url_prefix="/v1",
 blp.before_request(require_tenant)
 blp.before_request(limit_rate)
 
-# Each kind's own task: what a job is logged under, and (VIGIL_MICRO_BATCH=off) the task a
-# single event is sent to; jobs are otherwise queued per tenant (tasks.job_queue).
-TASK_FOR_KIND = job_queue.TASK_OF_KIND
 CSV_BODY = {"content": {"text/csv": {"schema": {"type": "string"}, "example":
             "event_type,timestamp,amount,items\ncheckout,2026-11-23T12:00:00Z,42.5,3\n"}}}
 # WSGI environ key: the job id api.fast_submit tried to store a request under before it
@@ -180,7 +177,7 @@ def admit_single_event(svc: Services, tenant: str, event: dict, *,
         job_id = jobs.create_job(svc.redis, svc.settings, tenant, kind="validate",
                                   events=[event], rate_limit=rate_limit, job_id=job_id,
                                   single=True)
-        svc.enqueue(TASK_FOR_KIND["validate"], tenant, job_id)
+        svc.enqueue(job_queue.TASK_OF_KIND["validate"], tenant, job_id)
         replication.confirm(svc, tenant, job_id)
         return job_id
     job_id, first = jobs.create_inbox_job(svc.redis, svc.settings, tenant, event, rate_limit,
